@@ -1,0 +1,11 @@
+"""ComfyUI-PuLID-Flux: ComfyUI imports this folder as a package and reads the mappings below."""
+import importlib.util
+
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
+# The torch core (pulid_flux/, encoders/) must stay importable without ComfyUI, e.g. in tests.
+if importlib.util.find_spec("comfy") is not None:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

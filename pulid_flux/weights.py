@@ -1,0 +1,122 @@
+"""Loading PuLID-Flux weight files: validate every key and shape before building anything."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import torch
+
+from .config import OFFICIAL, PulidConfig, expected_shapes
+from .model import PulidFlux
+
+DOWNLOAD_HINT = ("Download pulid_flux_v0.9.1.safetensors (or v0.9.0) from https://huggingface.co/guozinan/PuLID "
+                 "into ComfyUI/models/pulid/.")
+CONFIG_METADATA_KEY = "pulid_config"  # written only by this project's test fixtures for tiny variants
+_PREFIXES = ("pulid_encoder.", "pulid_ca.")
+
+
+class PulidWeightsError(ValueError):
+    """A PuLID-Flux file that cannot be used, with the reason and what to download instead."""
+
+
+def _fail(path: str, problem: str) -> PulidWeightsError:
+    return PulidWeightsError(f"{os.path.basename(path)}: {problem}\n  file: {path}\n  {DOWNLOAD_HINT}")
+
+
+def _read_safetensors_header(path: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Keys, shapes and metadata without reading tensor data; raises on a truncated or corrupt header."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise _fail(path, f"the file is only {size} bytes: truncated or not a safetensors file.")
+        n = int.from_bytes(raw, "little")
+        if n <= 0 or 8 + n > size:
+            raise _fail(path, "the safetensors header is corrupt or the file is truncated.")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise _fail(path, "the safetensors header is not valid JSON: the file is corrupt.") from None
+    metadata = header.pop("__metadata__", None) or {}
+    end = max((info["data_offsets"][1] for info in header.values()), default=0)
+    if 8 + n + end > size:
+        raise _fail(path, f"the file is truncated: it has {size:,} bytes, its header describes {8 + n + end:,}.")
+    return {k: tuple(v["shape"]) for k, v in header.items()}, metadata
+
+
+def _describe_foreign(path: str, keys: list[str]) -> str | None:
+    if any(k.startswith(("id_adapter", "id_adapter_attn_layers")) for k in keys):
+        return "this is PuLID for SDXL (pulid_v1.1.safetensors / pulid_v1.bin), not PuLID-Flux."
+    if any(k.startswith(("double_blocks.", "model.diffusion_model.", "single_blocks.")) for k in keys):
+        return "this is a Flux diffusion model, not PuLID-Flux weights (load it with the diffusion model loader)."
+    if any(k.startswith(("visual.", "vision_model.", "blocks.")) for k in keys):
+        return "this is a CLIP image encoder (EVA-CLIP?), not PuLID-Flux weights."
+    return None
+
+
+def validate_keys(path: str, shapes: dict[str, tuple[int, ...]], cfg: PulidConfig) -> None:
+    foreign = _describe_foreign(path, list(shapes))
+    if foreign and not any(k.startswith(_PREFIXES) for k in shapes):
+        raise _fail(path, foreign)
+    expected = expected_shapes(cfg)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [f"{k}: file {list(shapes[k])}, expected {list(expected[k])}"
+             for k in sorted(set(expected) & set(shapes)) if tuple(shapes[k]) != expected[k]]
+    if not (missing or unexpected or wrong):
+        return
+    lines = [f"not a PuLID-Flux v0.9 weight file ({len(expected)} tensors expected, {len(shapes)} found)."]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            lines.append(f"  {title} ({len(items)}): {', '.join(items[:5])}{more}")
+    raise _fail(path, "\n".join(lines))
+
+
+def _config_from_metadata(path: str, metadata: dict[str, str]) -> PulidConfig:
+    text = metadata.get(CONFIG_METADATA_KEY)
+    if not text:
+        return OFFICIAL
+    try:
+        return PulidConfig.from_json(text)
+    except (TypeError, ValueError) as e:
+        raise _fail(path, f"its '{CONFIG_METADATA_KEY}' metadata is invalid ({e}).") from None
+
+
+def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], PulidConfig]:
+    """Validated state dict (stored dtypes kept) and the architecture it describes."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PulidWeightsError(f"PuLID-Flux weights not found: {path}\n  {DOWNLOAD_HINT}")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        shapes, metadata = _read_safetensors_header(path)
+        cfg = _config_from_metadata(path, metadata)
+        validate_keys(path, shapes, cfg)  # before reading a gigabyte of data
+        try:
+            return load_file(path, device="cpu"), cfg
+        except SafetensorError as e:
+            raise _fail(path, f"the file is corrupt ({e}).") from None
+    if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
+        try:
+            # weights_only: a checkpoint never gets to run code while it is read.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise _fail(path, f"it cannot be read safely as plain tensors ({str(e).splitlines()[0]}).") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise _fail(path, "it does not hold a flat dictionary of tensors.")
+        validate_keys(path, {k: tuple(v.shape) for k, v in state.items()}, OFFICIAL)
+        return state, OFFICIAL
+    raise _fail(path, "unsupported file type: use the .safetensors release.")
+
+
+def load_pulid_flux(path: str) -> PulidFlux:
+    """Build the PuLID-Flux model from a file, keeping the file's dtype (cast it where you compute)."""
+    state, cfg = read_state_dict(path)
+    with torch.device("meta"):
+        model = PulidFlux(cfg)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
