@@ -1,0 +1,221 @@
+"""ComfyUI's Flux block-replace protocol, implemented without importing ComfyUI.
+
+A `PulidApplication` is one Apply node's effect. Its 20 `IdBlockPatch`es go into
+`model_options["transformer_options"]["patches_replace"]["dit"]`, its wrappers into the ModelPatcher. All of
+them return themselves from `__deepcopy__`, so every downstream `ModelPatcher.clone()` shares them instead of
+copying the ID tokens and weights."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .injection import add_id_attention, tokens_mask
+
+log = logging.getLogger(__name__)
+UNCOND_MODES = ("same", "uncond_id", "none")
+PATCH_SIZE = 2  # Flux packs 2x2 latent pixels into one token
+
+
+class _Shared:
+    """Shared by every clone: ComfyUI deep-copies model_options on clone()."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, *args, **kwargs):  # ComfyUI calls .to(device) and .to(dtype) on patches; weights move elsewhere
+        return self
+
+
+@dataclasses.dataclass
+class ForwardInfo:
+    """What the diffusion-model wrapper saw for the forward pass under way."""
+    height: int          # token grid of the generated image
+    width: int
+    txt_len: int
+    sigma: torch.Tensor | None
+    cond_or_uncond: list[int] | None
+
+    @property
+    def img_tokens(self) -> int:
+        return self.height * self.width
+
+
+class PulidApplication(_Shared):
+    def __init__(self, ca: nn.ModuleList, id_tokens: torch.Tensor, uncond_tokens: torch.Tensor | None,
+                 weight: float, start_at: float, end_at: float, percent_to_sigma: Callable[[float], float],
+                 mask: torch.Tensor | None = None, uncond: str = "same", models: Sequence[Any] = ()):
+        if uncond not in UNCOND_MODES:
+            raise ValueError(f"uncond must be one of {', '.join(UNCOND_MODES)}, got '{uncond}'")
+        if uncond == "uncond_id" and uncond_tokens is None:
+            raise ValueError("uncond='uncond_id' needs the uncond ID embedding")
+        self.ca = ca
+        self.id_tokens = id_tokens
+        self.uncond_tokens = uncond_tokens
+        self.weight = float(weight)
+        self.start_at, self.end_at = float(start_at), float(end_at)
+        self.mask = mask
+        self.uncond = uncond
+        self.extra_models = list(models)
+        self.sigma_range = self._sigma_range(percent_to_sigma)  # replaced at sampling time by the outer wrapper
+        self.forward_info: ForwardInfo | None = None
+        self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
+        self._txt_len: int | None = None
+        self._gate: tuple[Any, bool] = (None, False)
+
+    def models(self) -> list:
+        return list(self.extra_models)
+
+    def _sigma_range(self, percent_to_sigma) -> tuple[float, float]:
+        return float(percent_to_sigma(self.start_at)), float(percent_to_sigma(self.end_at))
+
+    # --- wrappers -------------------------------------------------------------------------------------
+    def outer_sample(self, executor, *args, **kwargs):
+        """OUTER_SAMPLE wrapper: read the schedule that will really be used (a ModelSamplingFlux node placed
+        after Apply changes it) and drop per-run caches afterwards."""
+        guider = getattr(executor, "class_obj", None)
+        patcher = getattr(guider, "model_patcher", None)
+        if patcher is not None:
+            sampling = patcher.get_model_object("model_sampling")
+            self.sigma_range = self._sigma_range(sampling.percent_to_sigma)
+        self._kv.clear()
+        self._masks.clear()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._kv.clear()
+            self._masks.clear()
+            self.forward_info = None
+
+    def diffusion_model(self, executor, x, timestep, context, *args, **kwargs):
+        """DIFFUSION_MODEL wrapper: record the generated image's token grid (Kontext reference tokens come after
+        it), the text length, sigma and cond/uncond layout, for forwards that do not pass transformer_options."""
+        options = kwargs.get("transformer_options")
+        if options is None:
+            options = next((a for a in args if isinstance(a, dict)), {})
+        previous = self.forward_info
+        self.forward_info = ForwardInfo(
+            height=(x.shape[-2] + PATCH_SIZE // 2) // PATCH_SIZE, width=(x.shape[-1] + PATCH_SIZE // 2) // PATCH_SIZE,
+            txt_len=context.shape[1], sigma=options.get("sigmas", timestep),
+            cond_or_uncond=options.get("cond_or_uncond"))
+        try:
+            return executor(x, timestep, context, *args, **kwargs)
+        finally:
+            self.forward_info = previous
+
+    # --- per block ------------------------------------------------------------------------------------
+    def _active(self, sigma) -> bool:
+        if self.weight == 0.0:
+            return False
+        if sigma is None:
+            return True  # no schedule known at all: behave like an always-on patch
+        if self._gate[0] is sigma:  # one decision per step, not one GPU sync per block
+            return self._gate[1]
+        s = float(sigma.reshape(-1)[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
+        start, end = self.sigma_range
+        active = end <= s <= start
+        self._gate = (sigma, active)
+        return active
+
+    def _keys_values(self, ca_index: int, which: str, weight: torch.Tensor):
+        key = (ca_index, which, weight.device, weight.dtype)
+        kv = self._kv.get(key)
+        if kv is None:
+            tokens = self.id_tokens if which == "cond" else self.uncond_tokens
+            if which == "uncond" and tokens.shape[1] != self.id_tokens.shape[1]:
+                # concat fusion: repeating identical tokens leaves attention unchanged and matches the batch
+                tokens = tokens.repeat(1, self.id_tokens.shape[1] // tokens.shape[1], 1)
+            kv = self.ca[ca_index].id_kv(tokens.to(weight.device, weight.dtype))
+            self._kv[key] = kv
+        return kv
+
+    def _batch_layout(self, batch: int, cond_or_uncond):
+        """Per batch item: 'cond' / 'uncond' / None (no ID attention)."""
+        if not cond_or_uncond or self.uncond == "same" or batch % len(cond_or_uncond):
+            return ["cond"] * batch
+        per = batch // len(cond_or_uncond)
+        chosen = "uncond" if self.uncond == "uncond_id" else None
+        return [("cond" if c == 0 else chosen) for c in cond_or_uncond for _ in range(per)]
+
+    def _token_weights(self, batch: int, chunks: int, height: int, width: int, device) -> torch.Tensor:
+        """The mask on the token grid for each batch item; cond and uncond chunks share the latent's mask."""
+        key = (batch, chunks, height, width, device)
+        m = self._masks.get(key)
+        if m is None:
+            per = batch // chunks if chunks and batch % chunks == 0 else batch
+            m = tokens_mask(self.mask, height, width, per).repeat(batch // per, 1, 1).to(device)
+            self._masks[key] = m
+        return m
+
+    def inject(self, out: dict, args: dict, ca_index: int, kind: str) -> None:
+        options = args.get("transformer_options") or {}
+        info = self.forward_info
+        sigma = options.get("sigmas", info.sigma if info else None)
+        img = out["img"]
+        if kind == "double":
+            self._txt_len = args["txt"].shape[1]
+        if not self._active(sigma):
+            return
+        txt_len = 0 if kind == "double" else (info.txt_len if info else self._txt_len)
+        if txt_len is None:
+            log.warning("PuLID-Flux: text length unknown in a single block; ID attention skipped there")
+            return
+        n_img = info.img_tokens if info else img.shape[1] - txt_len
+        region = img[:, txt_len:txt_len + n_img]
+        cond_or_uncond = options.get("cond_or_uncond", info.cond_or_uncond if info else None)
+        layout = self._batch_layout(img.shape[0], cond_or_uncond)
+        weight_param = self.ca[ca_index].to_q.weight
+        token_weights = None
+        if self.mask is not None:
+            if info is None:
+                side = int(round(n_img ** 0.5))
+                if side * side != n_img:
+                    log.warning("PuLID-Flux: image grid unknown; attn_mask ignored for this step")
+                hw = (side, side) if side * side == n_img else None
+            else:
+                hw = (info.height, info.width)
+            if hw is not None:
+                token_weights = self._token_weights(img.shape[0], len(cond_or_uncond or [0]), *hw, region.device)
+        if all(kind_ == "cond" for kind_ in layout):
+            k, v = self._keys_values(ca_index, "cond", weight_param)
+            add_id_attention(region, self.ca[ca_index], k, v, self.weight, token_weights)
+            return
+        rows = [i for i, kind_ in enumerate(layout) if kind_ is not None]
+        if not rows:
+            return
+        kvs = [self._keys_values(ca_index, layout[i], weight_param) for i in rows]
+        k = torch.cat([kv[0] for kv in kvs])
+        v = torch.cat([kv[1] for kv in kvs])
+        idx = torch.tensor(rows, device=img.device)
+        part = region.index_select(0, idx)
+        tw = token_weights.index_select(0, idx.to(token_weights.device)) if token_weights is not None else None
+        add_id_attention(part, self.ca[ca_index], k, v, self.weight, tw)
+        region.index_copy_(0, idx, part)
+
+
+class IdBlockPatch(_Shared):
+    """A `patches_replace["dit"]` entry. Wraps whatever patch already sat on the block so both take effect."""
+
+    def __init__(self, app: PulidApplication, ca_index: int, kind: str, previous: Callable | None = None):
+        self.app, self.ca_index, self.kind, self.previous = app, ca_index, kind, previous
+
+    def models(self) -> list:
+        inner = self.previous.models() if hasattr(self.previous, "models") else []
+        return inner + self.app.models()
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        out = self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
+        self.app.inject(out, args, self.ca_index, self.kind)
+        return out
+
+
+class _Wrapper(_Shared):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)

@@ -1,0 +1,244 @@
+"""Tier (a): the block patches driven through ComfyUI's documented Flux protocol by a stand-in model."""
+import copy
+
+import pytest
+import torch
+
+from mini_flux import MiniFlux
+from pulid_flux import TINY, PulidFlux, injection_points
+from pulid_flux.fakes import random_state_dict
+from pulid_flux.patch import IdBlockPatch, PulidApplication, _Wrapper
+
+SHIFTED = lambda p: 1.0 if p <= 0 else (0.0 if p >= 1 else 1.0 - p)  # a simple monotone schedule
+
+
+@pytest.fixture(scope="module")
+def pulid():
+    m = PulidFlux(TINY)
+    m.load_state_dict(random_state_dict(TINY, seed=7, dtype=torch.float32))
+    return m.eval()
+
+
+def id_tokens(seed, n=1):
+    return torch.randn(n, TINY.num_queries, TINY.output_dim, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def patch_options(flux, app, options=None):
+    """What ApplyPulidFlux puts into a clone's model_options, applied to a plain dict."""
+    options = copy.deepcopy(options) if options else {}
+    dit = options.setdefault("patches_replace", {}).setdefault("dit", {})
+    for (kind, i), ca in injection_points(len(flux.double_blocks), len(flux.single_blocks)).items():
+        dit[(kind, i)] = IdBlockPatch(app, ca, kind.split("_")[0], dit.get((kind, i)))
+    options.setdefault("wrappers", {}).setdefault("diffusion_model", {}).setdefault("pulid", []).append(
+        _Wrapper(app.diffusion_model))
+    return options
+
+
+def inputs(batch=1, h=8, w=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 4, h, w, generator=g), torch.randn(batch, 5, 8, generator=g)
+
+
+def run(flux, x, ctx, sigma, options, **kw):
+    options = dict(options, sigmas=torch.full((x.shape[0],), sigma))
+    with torch.no_grad():
+        return flux(x, torch.full((x.shape[0],), sigma), ctx, transformer_options=options, **kw)
+
+
+def reference(flux, pulid, x, ctx, sigma, tokens, weight, ref_latents=None):
+    """Straightforward: plain block calls, official `img = img + w * CA(id, img)` after the chosen blocks."""
+    b, c, h, w_ = x.shape
+    n = h * w_ // 4
+    img = x.reshape(b, c, h // 2, 2, w_ // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, n, c * 4)
+    for r in ref_latents or []:
+        img = torch.cat([img, r.reshape(b, c, r.shape[2] // 2, 2, r.shape[3] // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * 4)], 1)
+    with torch.no_grad():
+        vec = flux.time_in(torch.full((b, 1), sigma))
+        img, txt = flux.img_in(img), flux.txt_in(ctx)
+        for i, block in enumerate(flux.double_blocks):
+            img, txt = block(img, txt, vec, None)
+            if i % 2 == 0:
+                img = torch.cat([img[:, :n] + weight * pulid.pulid_ca[i // 2](tokens, img[:, :n]), img[:, n:]], 1)
+        t = txt.shape[1]
+        img = torch.cat((txt, img), 1)
+        for i, block in enumerate(flux.single_blocks):
+            img = block(img, vec, None)
+            if i % 4 == 0:
+                real = img[:, t:t + n]
+                img = torch.cat([img[:, :t], real + weight * pulid.pulid_ca[10 + i // 4](tokens, real), img[:, t + n:]], 1)
+        out = flux.out(img[:, t:t + n])
+    return out.reshape(b, h // 2, w_ // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w_)
+
+
+def app_for(pulid, tokens, weight=1.0, start=0.0, end=1.0, **kw):
+    return PulidApplication(pulid.pulid_ca, tokens, kw.pop("uncond_tokens", None), weight, start, end, SHIFTED, **kw)
+
+
+def test_patched_forward_equals_reference_and_off_is_bit_identical(pulid):
+    flux = MiniFlux(n_double=3, n_single=6)
+    x, ctx = inputs(batch=2)
+    tokens = id_tokens(1)
+    plain = run(flux, x, ctx, 0.5, {})
+    patched = run(flux, x, ctx, 0.5, patch_options(flux, app_for(pulid, tokens, 0.8)))
+    want = reference(flux, pulid, x, ctx, 0.5, tokens, 0.8)
+    assert (patched - want).abs().max() < 1e-5
+    assert (patched - plain).abs().max() > 1e-3
+    # weight changes the output
+    patched2 = run(flux, x, ctx, 0.5, patch_options(flux, app_for(pulid, tokens, 1.6)))
+    assert (patched2 - patched).abs().max() > 1e-3
+    # weight 0 and sigma outside the window leave the model bit-identical
+    assert torch.equal(run(flux, x, ctx, 0.5, patch_options(flux, app_for(pulid, tokens, 0.0))), plain)
+    assert torch.equal(run(flux, x, ctx, 0.5, patch_options(flux, app_for(pulid, tokens, 1.0, start=0.6))), plain)
+    assert torch.equal(run(flux, x, ctx, 0.5, {}), plain)
+
+
+def test_sigma_window_gates_steps(pulid):
+    flux = MiniFlux(n_double=1, n_single=1)
+    x, ctx = inputs()
+    app = app_for(pulid, id_tokens(2), start=0.25, end=0.75)  # sigma window [0.25, 0.75] with SHIFTED
+    opts = patch_options(flux, app)
+    for sigma, on in [(1.0, False), (0.8, False), (0.75, True), (0.5, True), (0.25, True), (0.2, False)]:
+        changed = not torch.equal(run(flux, x, ctx, sigma, opts), run(flux, x, ctx, sigma, {}))
+        assert changed == on, sigma
+
+
+def test_outer_sample_wrapper_reads_the_schedule_at_sampling_time(pulid):
+    app = app_for(pulid, id_tokens(2), start=0.5, end=1.0)
+    assert app.sigma_range == (0.5, 0.0)
+
+    class Sampling:
+        percent_to_sigma = staticmethod(lambda p: 0.9 if p == 0.5 else 0.0)
+
+    class Patcher:
+        def get_model_object(self, name):
+            assert name == "model_sampling"
+            return Sampling()
+
+    class Guider:
+        model_patcher = Patcher()
+
+    seen = {}
+
+    class Executor:
+        class_obj = Guider()
+
+        def __call__(self, *a):
+            seen["range"] = app.sigma_range
+            return "samples"
+
+    assert app.outer_sample(Executor(), 1, 2) == "samples"
+    assert seen["range"] == (0.9, 0.0)
+
+
+def test_kontext_reference_tokens_and_text_are_untouched(pulid):
+    flux = MiniFlux(n_double=1, n_single=1)
+    x, ctx = inputs()
+    ref = [torch.randn(1, 4, 4, 4)]
+    tokens = id_tokens(3)
+    got = run(flux, x, ctx, 0.5, patch_options(flux, app_for(pulid, tokens)), ref_latents=ref)
+    want = reference(flux, pulid, x, ctx, 0.5, tokens, 1.0, ref_latents=ref)
+    assert (got - want).abs().max() < 1e-5
+    # the recorded grid is the generated image's, not including the 4 reference tokens
+    app = app_for(pulid, tokens)
+    seen = []
+    orig = app.inject
+    app.inject = lambda out, args, ca, kind: (seen.append(app.forward_info.img_tokens), orig(out, args, ca, kind))
+    run(flux, x, ctx, 0.5, patch_options(flux, app), ref_latents=ref)
+    assert seen == [24, 24]
+
+
+def test_forward_without_transformer_options_falls_back_to_wrapper_state(pulid):
+    """Forwards written by other packs (TeaCache) call block patches without transformer_options."""
+    flux = MiniFlux(n_double=3, n_single=5)
+    x, ctx = inputs()
+    tokens = id_tokens(4)
+    opts = patch_options(flux, app_for(pulid, tokens, start=0.0, end=0.4))
+    with_opts = run(flux, x, ctx, 0.8, opts)
+    without = run(flux, x, ctx, 0.8, opts, pass_options=False)
+    assert torch.equal(with_opts, without)
+    assert (without - reference(flux, pulid, x, ctx, 0.8, tokens, 1.0)).abs().max() < 1e-5
+    # outside the window (sigma 0.5 < 0.6) it is off in both paths
+    assert torch.equal(run(flux, x, ctx, 0.5, opts, pass_options=False), run(flux, x, ctx, 0.5, {}))
+
+
+def test_uncond_modes_choose_per_chunk(pulid):
+    flux = MiniFlux(n_double=1, n_single=1)
+    x, ctx = inputs(batch=2)
+    cond, uncond = id_tokens(5), id_tokens(6)
+    layout = [1, 0]  # ComfyUI's cfg>1 batch: uncond chunk first
+    outs = {}
+    for mode in ("same", "uncond_id", "none"):
+        app = app_for(pulid, cond, uncond_tokens=uncond, uncond=mode)
+        outs[mode] = run(flux, x, ctx, 0.5, dict(patch_options(flux, app), cond_or_uncond=layout))
+    plain = run(flux, x, ctx, 0.5, {})
+    ref_cond = reference(flux, pulid, x, ctx, 0.5, cond, 1.0)
+    ref_uncond = reference(flux, pulid, x, ctx, 0.5, uncond, 1.0)
+    assert (outs["same"] - ref_cond).abs().max() < 1e-5
+    assert (outs["uncond_id"][1] - ref_cond[1]).abs().max() < 1e-5  # positive chunk: the ID embedding
+    assert (outs["uncond_id"][0] - ref_uncond[0]).abs().max() < 1e-5  # negative chunk: the uncond embedding
+    assert torch.equal(outs["none"][0], plain[0])
+    assert (outs["none"][1] - ref_cond[1]).abs().max() < 1e-5
+
+
+def test_mask_restricts_change_to_region_and_two_identities_compose(pulid):
+    flux = MiniFlux(n_double=1, n_single=0)  # no single blocks: token mixing there would spread the change
+    x, ctx = inputs(h=8, w=8)
+    left = torch.zeros(1, 64, 64)
+    left[..., :32] = 1
+    a = app_for(pulid, id_tokens(7), mask=left)
+    plain = run(flux, x, ctx, 0.5, {})
+    out = run(flux, x, ctx, 0.5, patch_options(flux, a))
+    diff = (out - plain).abs().amax(1)[0]  # [8,8] latent pixels
+    assert diff[:, :4].min() > 0 and diff[:, 4:].max() == 0
+    b = app_for(pulid, id_tokens(8), mask=1 - left)
+    both = run(flux, x, ctx, 0.5, patch_options(flux, b, patch_options(flux, a)))
+    only_b = run(flux, x, ctx, 0.5, patch_options(flux, b))
+    assert torch.equal(both[..., :4], out[..., :4]) and torch.equal(both[..., 4:], only_b[..., 4:])
+
+
+def test_chained_patches_and_foreign_patch_all_act(pulid):
+    flux = MiniFlux(n_double=1, n_single=1)
+    x, ctx = inputs()
+    calls = []
+
+    def foreign(args, extra):
+        calls.append(1)
+        out = extra["original_block"](args)
+        out["img"] = out["img"] * 1.01
+        return out
+
+    t1, t2 = id_tokens(9), id_tokens(10)
+    opts = {"patches_replace": {"dit": {("double_block", 0): foreign}}}
+    opts = patch_options(flux, app_for(pulid, t1), opts)
+    opts = patch_options(flux, app_for(pulid, t2), opts)
+    out = run(flux, x, ctx, 0.5, opts)
+    assert calls == [1]
+    one = run(flux, x, ctx, 0.5, patch_options(flux, app_for(pulid, t1)))
+    assert not torch.equal(out, one)
+
+
+def test_clones_share_patches_and_weights(pulid):
+    flux = MiniFlux(n_double=1, n_single=1)
+    app = app_for(pulid, id_tokens(11))
+    opts = patch_options(flux, app)
+    copies = [copy.deepcopy(opts) for _ in range(3)]
+    for c in copies:
+        p = c["patches_replace"]["dit"][("double_block", 0)]
+        assert p is opts["patches_replace"]["dit"][("double_block", 0)] and p.app.ca is pulid.pulid_ca
+    assert app.to(torch.float16) is app
+
+
+def test_keys_values_are_computed_once_per_run(pulid):
+    flux = MiniFlux(n_double=3, n_single=6)
+    x, ctx = inputs()
+    app = app_for(pulid, id_tokens(12))
+    calls = []
+    orig = type(pulid.pulid_ca[0]).id_kv
+    type(pulid.pulid_ca[0]).id_kv = lambda self, t: (calls.append(1), orig(self, t))[1]
+    try:
+        opts = patch_options(flux, app)
+        for sigma in (0.9, 0.5, 0.1):
+            run(flux, x, ctx, sigma, opts)
+    finally:
+        type(pulid.pulid_ca[0]).id_kv = orig
+    assert len(calls) == 4  # 2 double + 2 single injection points, once each for three steps
