@@ -59,7 +59,7 @@ OFFICIAL = PulidConfig()
 
 # A structurally identical model with tiny widths, for fast tests.
 TINY = PulidConfig(dim=32, depth=10, heads=2, dim_head=16, num_id_tokens=5, num_queries=8, output_dim=24,
-                   ff_mult=4, id_cond_dim=1280, vit_dim=40, mapping_dim=20, num_scales=5,
+                   ff_mult=4, id_cond_dim=1280, vit_dim=32, mapping_dim=20, num_scales=5,
                    img_dim=48, ca_heads=2, ca_dim_head=8)
 
 

@@ -1,0 +1,238 @@
+"""What the nodes need from ComfyUI: model folders, ModelPatcher-managed modules, encoding with load/offload,
+and the embedding cache. Everything ComfyUI-specific lives here or in nodes.py."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+from .encoders import FaceEncoders, NoFace, find_antelopev2, load_eva_clip, load_face_analysis, load_face_parser
+from .encoders.eva import EVA_DOWNLOAD_HINT
+from .encoders.faces import ANTELOPEV2_DOWNLOAD_HINT
+from .encoders.parsing import PARSER_DOWNLOAD_HINT, PARSER_FILE
+from .pulid_flux import PulidFlux, encode_id, encode_uncond_id, fuse_id_tokens, load_pulid_flux
+
+log = logging.getLogger("PuLID-Flux")
+PT_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
+EVA_NAME_HINTS = ("eva02", "eva_clip", "eva-clip", "evaclip")
+
+
+def register_model_folders() -> None:
+    """Append our default folders; keep whatever extra_model_paths.yaml registered first."""
+    for name, subdir in (("pulid", "pulid"), ("insightface", "insightface"), ("facexlib", "facexlib")):
+        default = os.path.join(folder_paths.models_dir, subdir)
+        paths, exts = folder_paths.folder_names_and_paths.get(name, ([], set()))
+        paths = list(paths) + ([default] if default not in paths else [])
+        folder_paths.folder_names_and_paths[name] = (paths, set(exts) | PT_EXTENSIONS)
+
+
+def _folders(name: str) -> list[str]:
+    return list(folder_paths.get_folder_paths(name)) if name in folder_paths.folder_names_and_paths else []
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    if mm.is_device_cpu(device):
+        return torch.float32
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float16 if mm.should_use_fp16(device) else torch.float32
+
+
+class ManagedModule(torch.nn.Module):
+    """A holder ModelPatcher may set its bookkeeping attributes on (device, lowvram counters...)."""
+
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner = inner.to(dtype)
+        self.dtype = dtype
+
+    def get_dtype(self) -> torch.dtype:  # ModelPatcher.model_dtype() asks for it
+        return self.dtype
+
+
+def managed(module: torch.nn.Module, dtype: torch.dtype, offload_device=None) -> comfy.model_patcher.ModelPatcher:
+    """Hand a plain module to ComfyUI's model management (loaded on demand, offloaded under pressure);
+    the module itself is `patcher.model.inner`."""
+    return comfy.model_patcher.ModelPatcher(ManagedModule(module, dtype), load_device=mm.get_torch_device(),
+                                            offload_device=offload_device or mm.unet_offload_device())
+
+
+def offload(*patchers) -> None:
+    """Unload these patchers from the compute device now (encoders are not needed while sampling)."""
+    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[i]
+        if any(loaded.model is p for p in patchers) and loaded.model_unload():
+            mm.current_loaded_models.pop(i)
+
+
+# --- loaded model bundles (the node output types) ----------------------------------------------------------
+@dataclass(eq=False)
+class PulidModel:
+    """PULIDFLUX: the ID encoder and the 20 cross-attentions as two managed models."""
+    name: str
+    model: PulidFlux
+    encoder: comfy.model_patcher.ModelPatcher
+    ca: comfy.model_patcher.ModelPatcher
+
+    @classmethod
+    def load(cls, file_name: str) -> "PulidModel":
+        path = folder_paths.get_full_path("pulid", file_name)
+        if path is None:
+            raise FileNotFoundError(f"PuLID-Flux file '{file_name}' is not in any models/pulid folder "
+                                    f"({', '.join(_folders('pulid'))}).")
+        model = load_pulid_flux(path)
+        dtype = compute_dtype(mm.get_torch_device())
+        return cls(file_name, model, managed(model.pulid_encoder, dtype), managed(model.pulid_ca, dtype))
+
+
+@dataclass(eq=False)
+class EvaModel:
+    """EVA_CLIP."""
+    path: str
+    patcher: comfy.model_patcher.ModelPatcher
+
+    @property
+    def module(self):
+        return self.patcher.model.inner
+
+    @classmethod
+    def load(cls, choice: str = "auto") -> "EvaModel":
+        path = find_eva_file(choice)
+        module = load_eva_clip(path, "cpu", torch.float32)
+        return cls(path, managed(module, compute_dtype(mm.get_torch_device()), mm.text_encoder_offload_device()))
+
+
+def eva_candidates() -> list[str]:
+    names = []
+    for folder in ("pulid", "clip_vision", "text_encoders"):
+        if folder in folder_paths.folder_names_and_paths:
+            names += [f"{folder}/{n}" for n in folder_paths.get_filename_list(folder)
+                      if any(h in n.lower().replace("\\", "/").rsplit("/", 1)[-1] for h in EVA_NAME_HINTS)]
+    return names
+
+
+def find_eva_file(choice: str = "auto") -> str:
+    candidates = eva_candidates()
+    if choice != "auto":
+        if choice not in candidates:
+            raise FileNotFoundError(f"EVA-CLIP file '{choice}' is no longer in the model folders. {EVA_DOWNLOAD_HINT}")
+        candidates = [choice]
+    if not candidates:
+        looked = ", ".join(_folders("text_encoders") + _folders("clip_vision") + _folders("pulid"))
+        raise FileNotFoundError(f"No EVA02-CLIP file found (looked for names containing 'eva02' or 'eva_clip' in "
+                                f"{looked}). {EVA_DOWNLOAD_HINT} Put it in models/clip/.")
+    folder, name = candidates[0].split("/", 1)
+    return folder_paths.get_full_path(folder, name)
+
+
+@dataclass(eq=False)
+class FaceAnalysisModel:
+    """FACEANALYSIS: insightface antelopev2 on onnxruntime."""
+    root: str
+    provider: str
+    analysis: object
+
+    @classmethod
+    def load(cls, provider: str) -> "FaceAnalysisModel":
+        roots = _folders("insightface")
+        errors = []
+        for root in roots:
+            try:
+                find_antelopev2(root)
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                errors.append(str(e).splitlines()[0])
+                continue
+            return cls(root, provider, load_face_analysis(root, provider))
+        raise FileNotFoundError("antelopev2 not found in any insightface folder: " + "; ".join(errors) +
+                                f"\n  {ANTELOPEV2_DOWNLOAD_HINT} (insightface folders: {', '.join(roots)})")
+
+
+_parsers: dict[str, comfy.model_patcher.ModelPatcher] = {}
+
+
+def face_parser() -> comfy.model_patcher.ModelPatcher:
+    """BiSeNet from models/facexlib (or facexlib's own weights folder), loaded once."""
+    for folder in _folders("facexlib"):
+        path = os.path.join(folder, PARSER_FILE)
+        if os.path.isfile(path):
+            if path not in _parsers:
+                _parsers[path] = managed(load_face_parser(path), torch.float32, mm.text_encoder_offload_device())
+            return _parsers[path]
+    raise FileNotFoundError(f"{PARSER_FILE} not found in {', '.join(_folders('facexlib'))}. {PARSER_DOWNLOAD_HINT}")
+
+
+# --- encoding -----------------------------------------------------------------------------------------
+@dataclass
+class Embedding:
+    id_tokens: torch.Tensor        # [1,T,2048], fused
+    uncond_tokens: torch.Tensor    # [1,32,2048]
+    preview: torch.Tensor          # IMAGE [N,512,1024,3]: aligned | parsed, one row per face used
+    used: list[int]                # indices of the reference images that had a face
+    skipped: dict[int, str]        # index -> why not
+
+
+_cache: OrderedDict[tuple, Embedding] = OrderedDict()
+CACHE_SIZE = 8
+
+
+def _image_key(image: torch.Tensor) -> str:
+    data = image.detach().to("cpu", torch.float32).contiguous().numpy()
+    return hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest() + str(tuple(image.shape))
+
+
+def embed_references(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel, image: torch.Tensor,
+                     fusion: str, face_order: str, face_index: int, use_gray: bool) -> Embedding:
+    """ID tokens for the reference images; cached, so changing only weight/start/end costs nothing."""
+    key = (id(pulid), id(eva), id(faces), _image_key(image), fusion, face_order, face_index, use_gray)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    parser = face_parser()
+    patchers = (eva.patcher, parser, pulid.encoder)
+    mm.load_models_gpu(list(patchers))
+    try:
+        encoders = FaceEncoders(faces.analysis, eva.module, parser.model.inner)
+        results = []
+        progress = comfy.utils.ProgressBar(image.shape[0])
+        for i in range(image.shape[0]):
+            results += encoders.encode(image[i:i + 1], order=face_order, index=face_index, use_gray=use_gray)
+            progress.update(1)
+        used = [i for i, r in enumerate(results) if not isinstance(r, NoFace)]
+        skipped = {i: r.reason for i, r in enumerate(results) if isinstance(r, NoFace)}
+        if not used:
+            raise NoFaceError(skipped)
+        ok = [results[i] for i in used]
+        id_cond = torch.cat([r.id_cond for r in ok])
+        hidden = [torch.cat([r.hidden_states[s] for r in ok]) for s in range(len(ok[0].hidden_states))]
+        encoder = pulid.encoder.model.inner
+        tokens = encode_id(encoder, id_cond, hidden)
+        embedding = Embedding(
+            id_tokens=fuse_id_tokens(tokens.float(), fusion).cpu(),
+            uncond_tokens=encode_uncond_id(encoder, id_cond, hidden).float().cpu(),
+            preview=torch.stack([torch.from_numpy(np.concatenate([r.aligned, r.parsed], axis=1)) for r in ok]) / 255.0,
+            used=used, skipped=skipped)
+    finally:
+        offload(*patchers)
+    _cache[key] = embedding
+    while len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return embedding
+
+
+class NoFaceError(ValueError):
+    def __init__(self, skipped: dict[int, str]):
+        lines = "; ".join(f"image {i + 1}: {why}" for i, why in skipped.items())
+        super().__init__(f"PuLID-Flux found no usable face in any reference image ({lines}). Use a photo where the "
+                         f"face is clearly visible, check face_order/face_index, or set on_no_face to "
+                         f"'return model unchanged'.")
+        self.skipped = skipped

@@ -1,0 +1,103 @@
+"""Real-ComfyUI test support: find the checkout, import it ahead of this repo, import the pack as a package,
+and write the full-width test models (random weights, real file formats) into a models folder."""
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_NAME = "comfyui_pulid_flux_under_test"
+
+
+def comfyui_path() -> str | None:
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        parent = os.path.dirname(REPO_ROOT)  # the pack may sit in ComfyUI/custom_nodes/
+        if os.path.basename(parent) == "custom_nodes" and os.path.isfile(os.path.join(parent, "..", "comfy", "model_base.py")):
+            path = os.path.dirname(parent)
+    return os.path.abspath(path) if path else None
+
+
+def import_comfyui():
+    path = comfyui_path()
+    if path is None:
+        pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to run the real-ComfyUI tests")
+    if sys.path[0] != path:
+        sys.path.insert(0, path)  # ComfyUI's `nodes` must win over this repo's nodes.py
+    if "nodes" in sys.modules and not getattr(sys.modules["nodes"], "__file__", "").startswith(path):
+        del sys.modules["nodes"]
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401 - reads args.cpu
+    import folder_paths
+    return folder_paths
+
+
+def import_pack(tmp_root: str):
+    """Import the repo the way ComfyUI does: as a package (relative imports inside)."""
+    link = os.path.join(tmp_root, PACK_NAME)
+    if not os.path.exists(link):
+        os.symlink(REPO_ROOT, link)
+    if tmp_root not in sys.path:
+        sys.path.append(tmp_root)
+    return importlib.import_module(PACK_NAME)
+
+
+def flux_unet_state_dict(double=1, single=1, seed=0, dtype=torch.float16):
+    """Full-width Flux.1 (hidden 3072, 24 heads) with few blocks, ComfyUI's own Flux class, random weights."""
+    import comfy.ldm.flux.model as flux_model
+    import comfy.ops
+
+    torch.manual_seed(seed)
+    model = flux_model.Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                            hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=double, depth_single_blocks=single,
+                            axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
+                            operations=comfy.ops.disable_weight_init, dtype=torch.float32)
+    state = {}
+    for k, v in model.state_dict().items():
+        std = 0.02 if v.dim() > 1 else 0.0
+        state[k] = (torch.randn_like(v) * std if v.dim() > 1 else torch.zeros_like(v)).to(dtype)
+    return state
+
+
+def write_models(models_dir: str, flux_double=1, flux_single=1) -> dict:
+    from safetensors.torch import save_file
+
+    from encoders import fakes as enc_fakes
+    from pulid_flux import OFFICIAL
+    from pulid_flux.fakes import write_pulid_file
+
+    paths = {
+        "pulid": write_pulid_file(os.path.join(models_dir, "pulid", "pulid_flux_v0.9.1.safetensors"), OFFICIAL, seed=1,
+                                  dtype=torch.bfloat16),
+        "antelopev2": enc_fakes.write_antelopev2(os.path.join(models_dir, "insightface", "models", "antelopev2")),
+        "eva": enc_fakes.write_eva_baai(os.path.join(models_dir, "clip", "EVA02_CLIP_L_336_psz14_s6B.pt"),
+                                        enc_fakes.FULL_EVA, seed=2),
+        "parser": enc_fakes.write_bisenet(os.path.join(models_dir, "facexlib", "parsing_bisenet.pth")),
+    }
+    unet = os.path.join(models_dir, "diffusion_models", "flux_test_1d1s.safetensors")
+    os.makedirs(os.path.dirname(unet), exist_ok=True)
+    save_file(flux_unet_state_dict(flux_double, flux_single), unet)
+    paths["unet"] = unet
+    return paths
+
+
+def register_folders(folder_paths, models_dir: str) -> None:
+    for name, sub in (("pulid", "pulid"), ("insightface", "insightface"), ("text_encoders", "clip"),
+                      ("facexlib", "facexlib"), ("diffusion_models", "diffusion_models")):
+        folder_paths.add_model_folder_path(name, os.path.join(models_dir, sub), is_default=True)
+
+
+def flux_conditioning(seed=0, tokens=8):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, 4096, generator=g), {"pooled_output": torch.randn(1, 768, generator=g),
+                                                         "guidance": 3.5}]]
+
+
+def face_photo() -> torch.Tensor:
+    """scikit-image's astronaut (one frontal face) as a ComfyUI IMAGE [1,H,W,3]."""
+    from skimage import data
+
+    return torch.from_numpy(data.astronaut()).float().div(255.0)[None]

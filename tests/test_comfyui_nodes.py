@@ -1,0 +1,251 @@
+"""Tier (b): the nodes inside a real ComfyUI (COMFYUI_PATH), sampling a full-width random Flux on the CPU."""
+import copy
+
+import pytest
+import torch
+
+import comfy_harness as H
+
+pytestmark = pytest.mark.comfyui
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    folder_paths = H.import_comfyui()
+    root = tmp_path_factory.mktemp("comfy")
+    models = str(root / "models")
+    H.write_models(models)
+    H.register_folders(folder_paths, models)
+    pack = H.import_pack(str(root))
+    import nodes as comfy_nodes
+
+    class Env:
+        pass
+
+    e = Env()
+    e.pack, e.comfy_nodes = pack, comfy_nodes
+    e.model = comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "default")[0]
+    n = pack.nodes
+    e.pulid = n.PulidFluxModelLoader().load_model("pulid_flux_v0.9.1.safetensors")[0]
+    e.eva = n.PulidFluxEvaClipLoader().load_eva_clip()[0]
+    e.faces = n.PulidFluxInsightFaceLoader().load_insightface("CPU")[0]
+    e.image = H.face_photo()
+    e.positive, e.negative = H.flux_conditioning(0), H.flux_conditioning(1)
+    return e
+
+
+def apply(env, model=None, weight=1.0, start_at=0.0, end_at=1.0, **kw):
+    return env.pack.nodes.ApplyPulidFlux().apply_pulid_flux(
+        model or env.model, env.pulid, env.eva, env.faces, env.image, weight, start_at, end_at, **kw)
+
+
+def sample(env, model, steps=2, cfg=1.0, seed=3, positive=None, size=16):
+    latent = {"samples": torch.zeros(1, 16, size, size)}
+    out = env.comfy_nodes.common_ksampler(model, seed, steps, cfg, "euler", "simple", positive or env.positive,
+                                          env.negative, latent, denoise=1.0)
+    return out[0]["samples"]
+
+
+def dit_patch(model, key=("double_block", 0)):
+    return model.model_options["transformer_options"]["patches_replace"]["dit"][key]
+
+
+def test_node_mappings_keep_the_original_names_and_input_order(env):
+    n = env.pack.NODE_CLASS_MAPPINGS
+    assert set(n) >= {"PulidFluxModelLoader", "PulidFluxInsightFaceLoader", "PulidFluxEvaClipLoader", "ApplyPulidFlux"}
+    req = n["ApplyPulidFlux"].INPUT_TYPES()["required"]
+    assert list(req) == ["model", "pulid_flux", "eva_clip", "face_analysis", "image", "weight", "start_at", "end_at"]
+    assert list(n["ApplyPulidFlux"].INPUT_TYPES()["optional"])[0] == "attn_mask"
+    assert n["ApplyPulidFlux"].RETURN_TYPES[0] == "MODEL"
+
+
+def test_patch_changes_output_and_unpatched_model_stays_bit_identical(env):
+    before = sample(env, env.model)
+    patched, preview = apply(env)
+    assert preview.shape == (1, 512, 1024, 3) and 0 <= preview.min() and preview.max() <= 1
+    on = sample(env, patched)
+    assert (on - before).abs().max() > 1e-4
+    stronger = sample(env, apply(env, weight=2.0)[0])
+    assert (stronger - on).abs().max() > 1e-4
+    after = sample(env, env.model)
+    assert torch.equal(after, before)
+    assert "patches_replace" not in env.model.model_options["transformer_options"]
+    # weight 0: bit-identical to the plain model
+    assert torch.equal(sample(env, apply(env, weight=0.0)[0]), before)
+
+
+def test_embedding_is_cached_across_weight_changes(env, monkeypatch):
+    apply(env, weight=1.0)
+    calls = []
+    monkeypatch.setattr(env.pack.comfy_support, "FaceEncoders", lambda *a, **k: calls.append(1))
+    apply(env, weight=0.3, start_at=0.2, end_at=0.9)
+    assert calls == []
+
+
+def test_chained_apply_nodes_and_a_foreign_patch_all_act(env):
+    seen = []
+
+    def foreign(args, extra):
+        seen.append(1)
+        return extra["original_block"](args)
+
+    base = env.model.clone()
+    base.set_model_patch_replace(foreign, "dit", "double_block", 0)
+    one = apply(env, model=base)[0]
+    two = apply(env, model=one, weight=0.5)[0]
+    out_two = sample(env, two)
+    assert seen  # the foreign patch still ran
+    p = dit_patch(two)
+    assert p.previous is dit_patch(one) and p.previous.previous is foreign
+    assert (out_two - sample(env, one)).abs().max() > 1e-4
+
+
+def test_sigma_window_follows_model_sampling_placed_after_apply(env):
+    patched = apply(env, start_at=0.3, end_at=0.7)[0]
+    app = dit_patch(patched).app
+    record = []
+    orig = app._active
+    app._active = lambda sigma: (lambda r: (record.append((float(sigma.reshape(-1)[0]), r)), r)[1])(orig(sigma))
+    try:
+        import comfy_extras.nodes_model_advanced as adv
+        shifted = adv.ModelSamplingFlux().patch(patched, 3.0, 0.5, 1024, 1024)[0]
+        ms = shifted.get_model_object("model_sampling")
+        sample(env, shifted, steps=6)
+    finally:
+        del app._active
+    hi, lo = ms.percent_to_sigma(0.3), ms.percent_to_sigma(0.7)
+    sigmas = sorted({s for s, _ in record}, reverse=True)
+    assert len(sigmas) == 6
+    for s, active in record:
+        assert active == (lo <= s <= hi), (s, lo, hi)
+    assert any(a for _, a in record) and not all(a for _, a in record)
+    # the window was not the one of the unshifted schedule
+    base = env.model.get_model_object("model_sampling")
+    assert abs(base.percent_to_sigma(0.3) - hi) > 1e-3
+
+
+def test_cfg_uncond_id_uses_the_uncond_embedding_on_the_negative_only(env):
+    patched = apply(env, uncond="uncond_id")[0]
+    app = dit_patch(patched).app
+    layouts = []
+    orig = app._batch_layout
+    app._batch_layout = lambda batch, cou: (lambda r: (layouts.append((list(cou or []), r)), r)[1])(orig(batch, cou))
+    try:
+        out = sample(env, patched, cfg=3.0)
+    finally:
+        del app._batch_layout
+    assert layouts
+    for cou, layout in layouts:
+        per = len(layout) // len(cou)
+        assert layout == [("cond" if c == 0 else "uncond") for c in cou for _ in range(per)]
+    assert any(1 in cou for cou, _ in layouts)
+    same = sample(env, apply(env, uncond="same")[0], cfg=3.0)
+    none = sample(env, apply(env, uncond="none")[0], cfg=3.0)
+    assert (out - same).abs().max() > 1e-5 and (out - none).abs().max() > 1e-5
+
+
+def test_mask_limits_the_update_and_two_identities_compose(env, monkeypatch):
+    mask_left = torch.zeros(1, 128, 128)
+    mask_left[..., :64] = 1
+    patch_mod = env.pack.pulid_flux.patch
+    deltas = []
+    real = patch_mod.add_id_attention
+
+    def spy(img, ca, k, v, weight, token_weights=None):
+        before = img.clone()
+        real(img, ca, k, v, weight, token_weights)
+        deltas.append(((img - before).abs().amax(-1), token_weights))
+
+    monkeypatch.setattr(patch_mod, "add_id_attention", spy)
+    left = apply(env, attn_mask=mask_left)[0]
+    out_left = sample(env, left)
+    assert deltas
+    for delta, tw in deltas:
+        assert tw is not None and delta.shape[-1] == 64
+        grid = delta.reshape(-1, 8, 8)
+        assert grid[..., 4:].max() == 0 and grid[..., :4].min() > 0
+    monkeypatch.setattr(patch_mod, "add_id_attention", real)
+    both = apply(env, model=left, attn_mask=1 - mask_left)[0]
+    assert (sample(env, both) - out_left).abs().max() > 1e-5
+
+
+def test_kontext_reference_tokens_are_untouched(env, monkeypatch):
+    patch_mod = env.pack.pulid_flux.patch
+    sizes = []
+    real = patch_mod.add_id_attention
+    monkeypatch.setattr(patch_mod, "add_id_attention", lambda img, *a, **k: (sizes.append(img.shape[1]), real(img, *a, **k))[1])
+    positive = [[env.positive[0][0], dict(env.positive[0][1], reference_latents=[torch.randn(1, 16, 8, 8)])]]
+    sample(env, apply(env)[0], positive=positive)
+    assert sizes and set(sizes) == {64}  # 8x8 generated tokens; the 16 reference tokens are excluded
+
+
+def test_clones_do_not_copy_pulid_weights(env):
+    patched = apply(env)[0]
+    clones = [patched.clone()]
+    for _ in range(2):
+        clones.append(clones[-1].clone())
+    for c in clones:
+        p = dit_patch(c, ("single_block", 0))
+        assert p is dit_patch(patched, ("single_block", 0))
+        assert p.app.ca is env.pulid.model.pulid_ca
+        assert p.app.id_tokens.data_ptr() == dit_patch(patched).app.id_tokens.data_ptr()
+    # the CA weights load with the diffusion model through ComfyUI's model management
+    assert env.pulid.ca in patched.model_patches_models()
+
+
+def test_no_face_errors_or_returns_model_unchanged(env):
+    black = torch.zeros(1, 256, 256, 3)
+    node = env.pack.nodes.ApplyPulidFlux()
+    with pytest.raises(ValueError, match="no usable face.*image 1"):
+        node.apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, black, 1.0, 0.0, 1.0)
+    model, _ = node.apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, black, 1.0, 0.0, 1.0,
+                                     on_no_face="return model unchanged")
+    assert model is env.model
+
+
+def test_non_flux_model_is_refused(env):
+    class NotFlux:
+        model = object()
+
+    with pytest.raises(ValueError, match="needs a FLUX.1 model"):
+        apply(env, model=NotFlux())
+
+
+def test_tiny_flux_built_from_comfyui_classes(env, monkeypatch):
+    """ComfyUI's own Flux classes at a tiny width with the tiny PuLID layout."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    import importlib
+    pack = env.pack
+    fakes = importlib.import_module(pack.__name__ + ".pulid_flux.fakes")
+    cfg = pack.pulid_flux.TINY
+    unet_config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16,
+                   "context_in_dim": 32, "hidden_size": cfg.img_dim, "mlp_ratio": 2.0, "num_heads": 2, "depth": 3,
+                   "depth_single_blocks": 5, "axes_dim": [4, 10, 10], "theta": 10000, "patch_size": 2,
+                   "qkv_bias": True, "guidance_embed": False}
+    base = comfy.supported_models.Flux(unet_config).get_model({})
+    torch.manual_seed(0)
+    for p in base.diffusion_model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    model = comfy.model_patcher.ModelPatcher(base, torch.device("cpu"), torch.device("cpu"))
+    tiny = pack.pulid_flux.PulidFlux(cfg)
+    tiny.load_state_dict(fakes.random_state_dict(cfg, dtype=torch.float32))
+    tiny_bundle = pack.comfy_support.PulidModel("tiny", tiny, pack.comfy_support.managed(tiny.pulid_encoder, torch.float32),
+                                                pack.comfy_support.managed(tiny.pulid_ca, torch.float32))
+    tokens = torch.randn(1, cfg.num_queries, cfg.output_dim)
+    fake = pack.comfy_support.Embedding(tokens, tokens * 0.5, torch.zeros(1, 8, 16, 3), [0], {})
+    monkeypatch.setattr(pack.comfy_support, "embed_references", lambda *a, **k: fake)
+    positive = [[torch.randn(1, 4, 32), {"pooled_output": torch.randn(1, 16)}]]
+    negative = [[torch.randn(1, 4, 32), {"pooled_output": torch.randn(1, 16)}]]
+    node = pack.nodes.ApplyPulidFlux()
+    patched = node.apply_pulid_flux(model, tiny_bundle, env.eva, env.faces, env.image, 1.0, 0.0, 1.0)[0]
+
+    def run(m):
+        latent = {"samples": torch.zeros(1, 16, 8, 8)}
+        return env.comfy_nodes.common_ksampler(m, 1, 2, 2.0, "euler", "simple", positive, negative, latent)[0]["samples"]
+
+    plain = run(model)
+    assert (run(patched) - plain).abs().max() > 1e-5
+    assert torch.equal(run(model), plain)
+    assert sorted(k for k in patched.model_options["transformer_options"]["patches_replace"]["dit"]) == [
+        ("double_block", 0), ("double_block", 2), ("single_block", 0), ("single_block", 4)]
