@@ -84,9 +84,9 @@ class ApplyPulidFlux:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "A Flux model; it is cloned, never changed."}),
-                "pulid_flux": ("PULIDFLUX",),
-                "eva_clip": ("EVA_CLIP",),
-                "face_analysis": ("FACEANALYSIS",),
+                "pulid_flux": ("PULIDFLUX", {"tooltip": "From Load PuLID-Flux Model."}),
+                "eva_clip": ("EVA_CLIP", {"tooltip": "From Load EVA-CLIP (PuLID-Flux)."}),
+                "face_analysis": ("FACEANALYSIS", {"tooltip": "From Load InsightFace (PuLID-Flux)."}),
                 "image": ("IMAGE", {"tooltip": "One or more reference photos (a batch); each needs one visible face."}),
                 "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
                                      "tooltip": "Strength of the identity (official range 0..3, default 1)."}),
@@ -108,7 +108,9 @@ class ApplyPulidFlux:
                 "uncond": (list(UNCOND_MODES), {"default": "same", "tooltip": "With CFG > 1: 'same' applies the ID "
                            "to the negative too (old packs), 'uncond_id' gives the negative the official uncond "
                            "ID embedding (true CFG), 'none' leaves the negative alone."}),
-                "on_no_face": (list(ON_NO_FACE), {"default": "error"}),
+                "on_no_face": (list(ON_NO_FACE), {"default": "error", "tooltip": "When no reference image has a "
+                               "usable face: stop with an error, or pass the model through unchanged (a warning "
+                               "is logged)."}),
             },
         }
 

@@ -53,10 +53,11 @@ def add_id_attention(img: torch.Tensor, ca: IDCrossAttention, k: torch.Tensor, v
 
     k, v: the CA's keys/values of the ID tokens (`ca.id_kv(id_tokens)`), batch 1 or B.
     weight: a float or a per-item tensor [B]; token_weights: optional [B,L,1] region mask."""
-    dtype = ca.to_q.weight.dtype
-    update = ca.attend(img.to(dtype), k, v)
+    w = ca.to_q.weight
+    # Same device/dtype as the CA weights (another dtype for fp8/GGUF models; another device if partly offloaded).
+    update = ca.attend(img.to(w.device, w.dtype), k.to(w.device), v.to(w.device))
     scale = weight if not isinstance(weight, torch.Tensor) else weight.to(update).view(-1, 1, 1)
     if token_weights is not None:
         update = update * token_weights.to(update)
-    img.add_((update * scale).to(img.dtype))
+    img.add_((update * scale).to(img.device, img.dtype))
     return img
