@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -185,9 +186,21 @@ _cache: OrderedDict[tuple, Embedding] = OrderedDict()
 CACHE_SIZE = 8
 
 
+_known_images: dict[int, tuple[weakref.ref, int, str]] = {}
+
+
 def _image_key(image: torch.Tensor) -> str:
+    """A content hash of the reference images. ComfyUI hands the same cached IMAGE tensor to a re-run node, so the
+    tensor's identity and version short-cut the hash (50 ms for four 1024² images) when only weight/start/end change."""
+    known = _known_images.get(id(image))
+    if known and known[0]() is image and known[1] == image._version:
+        return known[2]
     data = image.detach().to("cpu", torch.float32).contiguous().numpy()
-    return hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest() + str(tuple(image.shape))
+    key = hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest() + str(tuple(image.shape))
+    for k in [k for k, (ref, _, _) in _known_images.items() if ref() is None]:
+        del _known_images[k]
+    _known_images[id(image)] = (weakref.ref(image), image._version, key)
+    return key
 
 
 def embed_references(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel, image: torch.Tensor,

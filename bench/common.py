@@ -54,3 +54,34 @@ def git_rev() -> str:
         return subprocess.check_output(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], text=True).strip()
     except Exception:  # noqa: BLE001
         return "?"
+
+
+class ComfyModels:
+    """A real ComfyUI with the pack and full-size random test models (see tests/comfy_harness.py)."""
+
+    def __init__(self):
+        import tempfile
+
+        sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+        if REPO_ROOT not in sys.path:
+            sys.path.append(REPO_ROOT)  # after ComfyUI: both have a top-level `nodes`
+        import comfy_harness as H
+
+        folder_paths = H.import_comfyui()
+        root = tempfile.mkdtemp(prefix="pulid_bench_")
+        H.write_models(os.path.join(root, "models"))
+        H.register_folders(folder_paths, os.path.join(root, "models"))
+        self.harness = H
+        self.pack = H.import_pack(root)
+        import nodes as comfy_nodes
+
+        self.comfy_nodes = comfy_nodes
+        n = self.pack.nodes
+        self.model = comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "default")[0]
+        self.pulid = n.PulidFluxModelLoader().load_model("pulid_flux_v0.9.1.safetensors")[0]
+        self.eva = n.PulidFluxEvaClipLoader().load_eva_clip()[0]
+        self.faces = n.PulidFluxInsightFaceLoader().load_insightface("CPU")[0]
+
+    def apply(self, image, weight=1.0, start_at=0.0, end_at=1.0, **kw):
+        return self.pack.nodes.ApplyPulidFlux().apply_pulid_flux(self.model, self.pulid, self.eva, self.faces, image,
+                                                                  weight, start_at, end_at, **kw)

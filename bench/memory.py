@@ -7,18 +7,12 @@ Builds the test models (full-size PuLID-Flux, EVA02-CLIP-L, BiSeNet, synthetic a
 which models are loaded on the compute device and how many parameter bytes each holds there."""
 import os
 import sys
-import tempfile
 
 import psutil
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-sys.path.append(os.path.dirname(HERE))  # after ComfyUI (inserted first later): both have a top-level `nodes`
-from common import machine  # noqa: E402
-
-import comfy_harness as H  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ComfyModels, machine  # noqa: E402
 
 
 def mib(n: float) -> str:
@@ -26,22 +20,11 @@ def mib(n: float) -> str:
 
 
 def main():
-    folder_paths = H.import_comfyui()
+    env = ComfyModels()
     import comfy.model_management as mm
 
-    root = tempfile.mkdtemp(prefix="pulid_mem_")
-    H.write_models(os.path.join(root, "models"))
-    H.register_folders(folder_paths, os.path.join(root, "models"))
-    pack = H.import_pack(root)
-    import nodes as comfy_nodes
-
-    model = comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "default")[0]
-    n = pack.nodes
-    pulid = n.PulidFluxModelLoader().load_model("pulid_flux_v0.9.1.safetensors")[0]
-    eva = n.PulidFluxEvaClipLoader().load_eva_clip()[0]
-    faces = n.PulidFluxInsightFaceLoader().load_insightface("CPU")[0]
-    patched = n.ApplyPulidFlux().apply_pulid_flux(model, pulid, eva, faces, H.face_photo(), 1.0, 0.0, 1.0)[0]
-
+    H, pack, comfy_nodes, model, pulid, eva = env.harness, env.pack, env.comfy_nodes, env.model, env.pulid, env.eva
+    patched = env.apply(H.face_photo())[0]
     names = {id(model.model): "Flux diffusion model", id(pulid.ca.model): "PuLID ID cross-attentions (20)",
              id(pulid.encoder.model): "PuLID ID encoder (IDFormer)", id(eva.patcher.model): "EVA02-CLIP-L"}
     for patcher in pack.comfy_support._parsers.values():

@@ -34,9 +34,10 @@ def env(tmp_path_factory):
     return e
 
 
-def apply(env, model=None, weight=1.0, start_at=0.0, end_at=1.0, **kw):
+def apply(env, model=None, weight=1.0, start_at=0.0, end_at=1.0, image=None, **kw):
     return env.pack.nodes.ApplyPulidFlux().apply_pulid_flux(
-        model or env.model, env.pulid, env.eva, env.faces, env.image, weight, start_at, end_at, **kw)
+        model or env.model, env.pulid, env.eva, env.faces, env.image if image is None else image, weight, start_at,
+        end_at, **kw)
 
 
 def sample(env, model, steps=2, cfg=1.0, seed=3, positive=None, size=16):
@@ -80,6 +81,19 @@ def test_embedding_is_cached_across_weight_changes(env, monkeypatch):
     monkeypatch.setattr(env.pack.comfy_support, "FaceEncoders", lambda *a, **k: calls.append(1))
     apply(env, weight=0.3, start_at=0.2, end_at=0.9)
     assert calls == []
+
+
+def test_cache_key_follows_content_not_identity(env, monkeypatch):
+    image = env.image.clone()
+    first = apply(env, image=image)[1]
+    image[:, :64] = 0  # in place: same tensor object, new content
+    calls = []
+    real = env.pack.comfy_support.FaceEncoders
+    monkeypatch.setattr(env.pack.comfy_support, "FaceEncoders", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    apply(env, image=image)
+    assert calls == [1]
+    apply(env, image=env.image.clone())  # equal content, new tensor: cached
+    assert calls == [1] and first.shape == (1, 512, 1024, 3)
 
 
 def test_chained_apply_nodes_and_a_foreign_patch_all_act(env):
