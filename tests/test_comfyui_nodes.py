@@ -263,3 +263,13 @@ def test_tiny_flux_built_from_comfyui_classes(env, monkeypatch):
     assert torch.equal(run(model), plain)
     assert sorted(k for k in patched.model_options["transformer_options"]["patches_replace"]["dit"]) == [
         ("double_block", 0), ("double_block", 2), ("single_block", 0), ("single_block", 4)]
+
+
+@pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn"])
+def test_fp8_weights_flux_works(env, weight_dtype):
+    """ComfyUI casts fp8 weights for compute; the ID update runs in the CA's dtype and is cast back."""
+    fp8 = env.comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", weight_dtype)[0]
+    plain = sample(env, fp8)
+    patched = sample(env, apply(env, model=fp8)[0])
+    assert torch.isfinite(patched).all() and (patched - plain).abs().max() > 1e-4
+    assert torch.equal(sample(env, fp8), plain)
