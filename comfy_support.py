@@ -17,7 +17,7 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
-from .encoders import FaceEncoders, NoFace, find_antelopev2, load_eva_clip, load_face_analysis, load_face_parser
+from .encoders import EncoderModelError, FaceEncoders, NoFace, find_antelopev2, load_eva_clip, load_face_analysis, load_face_parser
 from .encoders.eva import EVA_DOWNLOAD_HINT
 from .encoders.faces import ANTELOPEV2_DOWNLOAD_HINT
 from .encoders.parsing import PARSER_DOWNLOAD_HINT, PARSER_FILE
@@ -150,7 +150,7 @@ class FaceAnalysisModel:
         for root in roots:
             try:
                 find_antelopev2(root)
-            except Exception as e:  # noqa: BLE001 - collected and reported below
+            except EncoderModelError as e:  # collected: the error lists every folder tried
                 errors.append(str(e).splitlines()[0])
                 continue
             return cls(root, provider, load_face_analysis(root, provider))
@@ -162,7 +162,7 @@ _parsers: dict[str, comfy.model_patcher.ModelPatcher] = {}
 
 
 def face_parser() -> comfy.model_patcher.ModelPatcher:
-    """BiSeNet from models/facexlib (or facexlib's own weights folder), loaded once."""
+    """BiSeNet parsing_bisenet.pth from the facexlib model folders, loaded once."""
     for folder in _folders("facexlib"):
         path = os.path.join(folder, PARSER_FILE)
         if os.path.isfile(path):

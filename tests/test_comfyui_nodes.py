@@ -273,3 +273,19 @@ def test_fp8_weights_flux_works(env, weight_dtype):
     patched = sample(env, apply(env, model=fp8)[0])
     assert torch.isfinite(patched).all() and (patched - plain).abs().max() > 1e-4
     assert torch.equal(sample(env, fp8), plain)
+
+
+def test_missing_model_files_name_the_folder_and_the_download(env, tmp_path, monkeypatch):
+    support = env.pack.comfy_support
+    monkeypatch.setattr(support, "_folders", lambda name: [str(tmp_path / name)])
+    with pytest.raises(FileNotFoundError) as e:
+        support.FaceAnalysisModel.load("CPU")
+    assert "scrfd_10g_bnkps.onnx" in str(e.value) and str(tmp_path / "insightface") in str(e.value)
+    monkeypatch.setattr(support, "_parsers", {})
+    with pytest.raises(FileNotFoundError, match="parsing_bisenet.pth not found in .*facexlib"):
+        support.face_parser()
+    monkeypatch.setattr(support, "eva_candidates", lambda: [])
+    with pytest.raises(FileNotFoundError, match="No EVA02-CLIP file found.*EVA02_CLIP_L_336_psz14_s6B.pt"):
+        support.EvaModel.load()
+    with pytest.raises(Exception, match="not in any models/pulid folder"):
+        support.PulidModel.load("nope.safetensors")
