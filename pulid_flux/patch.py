@@ -141,15 +141,27 @@ class PulidApplication(_Shared):
         chosen = "uncond" if self.uncond == "uncond_id" else None
         return [("cond" if c == 0 else chosen) for c in cond_or_uncond for _ in range(per)]
 
-    def _token_weights(self, batch: int, chunks: int, height: int, width: int, device) -> torch.Tensor:
-        """The mask on the token grid for each batch item; cond and uncond chunks share the latent's mask."""
+    def _token_weights(self, batch: int, chunks: int, height: int, width: int, device):
+        """The mask on the token grid for each batch item (cond and uncond chunks share the latent's mask), and
+        the tokens any item needs: only those are computed, so a mask covering a quarter costs a quarter."""
         key = (batch, chunks, height, width, device)
-        m = self._masks.get(key)
-        if m is None:
+        cached = self._masks.get(key)
+        if cached is None:
             per = batch // chunks if chunks and batch % chunks == 0 else batch
             m = tokens_mask(self.mask, height, width, per).repeat(batch // per, 1, 1).to(device)
-            self._masks[key] = m
-        return m
+            needed = (m[..., 0] > 0).any(0).nonzero().flatten()
+            cached = (m, None if len(needed) == m.shape[1] else needed)
+            self._masks[key] = cached
+        return cached
+
+    def _grid(self, info: ForwardInfo | None, n_img: int) -> tuple[int, int] | None:
+        if info is not None:
+            return info.height, info.width
+        side = int(round(n_img ** 0.5))  # no wrapper ran: only a square grid can be assumed
+        if side * side == n_img:
+            return side, side
+        log.warning("PuLID-Flux: image grid unknown; attn_mask ignored for this step")
+        return None
 
     def inject(self, out: dict, args: dict, ca_index: int, kind: str) -> None:
         options = args.get("transformer_options") or {}
@@ -168,33 +180,36 @@ class PulidApplication(_Shared):
         region = img[:, txt_len:txt_len + n_img]
         cond_or_uncond = options.get("cond_or_uncond", info.cond_or_uncond if info else None)
         layout = self._batch_layout(img.shape[0], cond_or_uncond)
-        weight_param = self.ca[ca_index].to_q.weight
-        token_weights = None
-        if self.mask is not None:
-            if info is None:
-                side = int(round(n_img ** 0.5))
-                if side * side != n_img:
-                    log.warning("PuLID-Flux: image grid unknown; attn_mask ignored for this step")
-                hw = (side, side) if side * side == n_img else None
-            else:
-                hw = (info.height, info.width)
-            if hw is not None:
-                token_weights = self._token_weights(img.shape[0], len(cond_or_uncond or [0]), *hw, region.device)
-        if all(kind_ == "cond" for kind_ in layout):
-            k, v = self._keys_values(ca_index, "cond", weight_param)
-            add_id_attention(region, self.ca[ca_index], k, v, self.weight, token_weights)
+        rows = None if all(x == "cond" for x in layout) else [i for i, x in enumerate(layout) if x is not None]
+        if rows == []:
             return
-        rows = [i for i, kind_ in enumerate(layout) if kind_ is not None]
-        if not rows:
-            return
-        kvs = [self._keys_values(ca_index, layout[i], weight_param) for i in rows]
-        k = torch.cat([kv[0] for kv in kvs])
-        v = torch.cat([kv[1] for kv in kvs])
-        idx = torch.tensor(rows, device=img.device)
-        part = region.index_select(0, idx)
-        tw = token_weights.index_select(0, idx.to(token_weights.device)) if token_weights is not None else None
-        add_id_attention(part, self.ca[ca_index], k, v, self.weight, tw)
-        region.index_copy_(0, idx, part)
+        token_weights, tokens = None, None
+        grid = self._grid(info, n_img) if self.mask is not None else None
+        if grid is not None:
+            token_weights, tokens = self._token_weights(img.shape[0], len(cond_or_uncond or [0]), *grid, region.device)
+        self._update(region, ca_index, layout, rows, token_weights, tokens)
+
+    def _update(self, region, ca_index, layout, rows, token_weights, tokens) -> None:
+        """region[rows][:, tokens] += weight * CA(...); a plain in-place update when nothing is selected."""
+        ca = self.ca[ca_index]
+        if rows is None:
+            k, v = self._keys_values(ca_index, "cond", ca.to_q.weight)
+            part, row_index = region, None
+        else:
+            kvs = [self._keys_values(ca_index, layout[i], ca.to_q.weight) for i in rows]
+            k, v = torch.cat([kv[0] for kv in kvs]), torch.cat([kv[1] for kv in kvs])
+            row_index = torch.tensor(rows, device=region.device)
+            part = region.index_select(0, row_index)
+            if token_weights is not None:
+                token_weights = token_weights.index_select(0, row_index)
+        chosen = part if tokens is None else part.index_select(1, tokens)
+        if tokens is not None:
+            token_weights = token_weights.index_select(1, tokens)
+        add_id_attention(chosen, ca, k, v, self.weight, token_weights)
+        if tokens is not None:
+            part.index_copy_(1, tokens, chosen)
+        if row_index is not None:
+            region.index_copy_(0, row_index, part)
 
 
 class IdBlockPatch(_Shared):

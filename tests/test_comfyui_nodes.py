@@ -163,22 +163,21 @@ def test_mask_limits_the_update_and_two_identities_compose(env, monkeypatch):
     mask_left[..., :64] = 1
     patch_mod = env.pack.pulid_flux.patch
     deltas = []
-    real = patch_mod.add_id_attention
+    real = patch_mod.PulidApplication._update
 
-    def spy(img, ca, k, v, weight, token_weights=None):
-        before = img.clone()
-        real(img, ca, k, v, weight, token_weights)
-        deltas.append(((img - before).abs().amax(-1), token_weights))
+    def spy(self, region, *args):
+        before = region.clone()
+        real(self, region, *args)
+        deltas.append((region - before).abs().amax(-1))
 
-    monkeypatch.setattr(patch_mod, "add_id_attention", spy)
+    monkeypatch.setattr(patch_mod.PulidApplication, "_update", spy)
     left = apply(env, attn_mask=mask_left)[0]
     out_left = sample(env, left)
     assert deltas
-    for delta, tw in deltas:
-        assert tw is not None and delta.shape[-1] == 64
-        grid = delta.reshape(-1, 8, 8)
+    for delta in deltas:
+        grid = delta.reshape(-1, 8, 8)  # 16x16 latent -> 8x8 tokens
         assert grid[..., 4:].max() == 0 and grid[..., :4].min() > 0
-    monkeypatch.setattr(patch_mod, "add_id_attention", real)
+    monkeypatch.setattr(patch_mod.PulidApplication, "_update", real)
     both = apply(env, model=left, attn_mask=1 - mask_left)[0]
     assert (sample(env, both) - out_left).abs().max() > 1e-5
 

@@ -45,27 +45,28 @@ def run(flux, x, ctx, sigma, options, **kw):
         return flux(x, torch.full((x.shape[0],), sigma), ctx, transformer_options=options, **kw)
 
 
-def reference(flux, pulid, x, ctx, sigma, tokens, weight, ref_latents=None):
+def reference(flux, pulid, x, ctx, sigma, tokens, weight, ref_latents=None, token_weights=None):
     """Straightforward: plain block calls, official `img = img + w * CA(id, img)` after the chosen blocks."""
     b, c, h, w_ = x.shape
     n = h * w_ // 4
     img = x.reshape(b, c, h // 2, 2, w_ // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, n, c * 4)
     for r in ref_latents or []:
         img = torch.cat([img, r.reshape(b, c, r.shape[2] // 2, 2, r.shape[3] // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * 4)], 1)
+    w = weight if token_weights is None else weight * token_weights
     with torch.no_grad():
         vec = flux.time_in(torch.full((b, 1), sigma))
         img, txt = flux.img_in(img), flux.txt_in(ctx)
         for i, block in enumerate(flux.double_blocks):
             img, txt = block(img, txt, vec, None)
             if i % 2 == 0:
-                img = torch.cat([img[:, :n] + weight * pulid.pulid_ca[i // 2](tokens, img[:, :n]), img[:, n:]], 1)
+                img = torch.cat([img[:, :n] + w * pulid.pulid_ca[i // 2](tokens, img[:, :n]), img[:, n:]], 1)
         t = txt.shape[1]
         img = torch.cat((txt, img), 1)
         for i, block in enumerate(flux.single_blocks):
             img = block(img, vec, None)
             if i % 4 == 0:
                 real = img[:, t:t + n]
-                img = torch.cat([img[:, :t], real + weight * pulid.pulid_ca[10 + i // 4](tokens, real), img[:, t + n:]], 1)
+                img = torch.cat([img[:, :t], real + w * pulid.pulid_ca[10 + i // 4](tokens, real), img[:, t + n:]], 1)
         out = flux.out(img[:, t:t + n])
     return out.reshape(b, h // 2, w_ // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w_)
 
@@ -194,6 +195,25 @@ def test_mask_restricts_change_to_region_and_two_identities_compose(pulid):
     both = run(flux, x, ctx, 0.5, patch_options(flux, b, patch_options(flux, a)))
     only_b = run(flux, x, ctx, 0.5, patch_options(flux, b))
     assert torch.equal(both[..., :4], out[..., :4]) and torch.equal(both[..., 4:], only_b[..., 4:])
+
+
+def test_soft_mask_equals_weighted_update_and_computes_only_needed_tokens(pulid, monkeypatch):
+    from pulid_flux import patch as patch_mod, tokens_mask
+
+    flux = MiniFlux(n_double=3, n_single=5)
+    x, ctx = inputs(batch=2, h=8, w=8)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, 4:20] = torch.linspace(0.2, 1.0, 16)  # soft, covering a quarter of the image
+    tokens = id_tokens(13)
+    sizes = []
+    real = patch_mod.add_id_attention
+    monkeypatch.setattr(patch_mod, "add_id_attention", lambda img, *a, **k: (sizes.append(img.shape[1]), real(img, *a, **k))[1])
+    got = run(flux, x, ctx, 0.5, patch_options(flux, app_for(pulid, tokens, 0.9, mask=mask)))
+    weights = tokens_mask(mask, 4, 4, 2)
+    want = reference(flux, pulid, x, ctx, 0.5, tokens, 0.9, token_weights=weights)
+    assert (got - want).abs().max() < 1e-5
+    needed = int((weights[0, :, 0] > 0).sum())
+    assert needed == 6 and set(sizes) == {needed}  # only the 6 of 16 tokens with weight > 0 are computed
 
 
 def test_chained_patches_and_foreign_patch_all_act(pulid):
