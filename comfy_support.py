@@ -189,17 +189,28 @@ CACHE_SIZE = 8
 _known_images: dict[int, tuple[weakref.ref, int, str]] = {}
 
 
+def _version(image: torch.Tensor):
+    """Something that changes when the tensor is written in place. Inference tensors (ComfyUI runs nodes under
+    torch.inference_mode()) keep no version counter, so a full sum and a strided sample stand in (a few ms)."""
+    try:
+        return image._version
+    except RuntimeError:
+        flat = image.reshape(-1)
+        return float(flat.sum()), float(flat[::997].sum())
+
+
 def _image_key(image: torch.Tensor) -> str:
     """A content hash of the reference images. ComfyUI hands the same cached IMAGE tensor to a re-run node, so the
     tensor's identity and version short-cut the hash (50 ms for four 1024² images) when only weight/start/end change."""
+    version = _version(image)
     known = _known_images.get(id(image))
-    if known and known[0]() is image and known[1] == image._version:
+    if known and known[0]() is image and known[1] == version:
         return known[2]
     data = image.detach().to("cpu", torch.float32).contiguous().numpy()
     key = hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest() + str(tuple(image.shape))
     for k in [k for k, (ref, _, _) in _known_images.items() if ref() is None]:
         del _known_images[k]
-    _known_images[id(image)] = (weakref.ref(image), image._version, key)
+    _known_images[id(image)] = (weakref.ref(image), version, key)
     return key
 
 

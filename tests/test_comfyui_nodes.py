@@ -83,10 +83,14 @@ def test_embedding_is_cached_across_weight_changes(env, monkeypatch):
     assert calls == []
 
 
-def test_cache_key_follows_content_not_identity(env, monkeypatch):
-    image = env.image.clone()
+@pytest.mark.parametrize("inference", [False, True], ids=["tensor", "inference_tensor"])
+def test_cache_key_follows_content_not_identity(env, monkeypatch, inference):
+    """ComfyUI runs nodes under torch.inference_mode(): LoadImage's output has no version counter."""
+    with torch.inference_mode(inference):
+        image = env.image.clone()
     first = apply(env, image=image)[1]
-    image[:, :64] = 0  # in place: same tensor object, new content
+    with torch.inference_mode(inference):
+        image[:, :64] = 0.25 if inference else 0.5  # in place: same tensor object, content not seen before
     calls = []
     real = env.pack.comfy_support.FaceEncoders
     monkeypatch.setattr(env.pack.comfy_support, "FaceEncoders", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
