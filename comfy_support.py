@@ -108,9 +108,17 @@ class EvaModel:
 
     @classmethod
     def load(cls, choice: str = "auto") -> "EvaModel":
-        path = find_eva_file(choice)
-        module = load_eva_clip(path, "cpu", torch.float32)
-        return cls(path, managed(module, compute_dtype(mm.get_torch_device()), mm.text_encoder_offload_device()))
+        """The chosen file, or with 'auto' the first candidate that loads (a broken one is skipped, with a log)."""
+        paths = find_eva_files(choice)
+        for i, path in enumerate(paths):
+            try:
+                module = load_eva_clip(path, "cpu", torch.float32)
+            except EncoderModelError as e:
+                if i == len(paths) - 1:
+                    raise
+                log.warning("PuLID-Flux: skipping EVA-CLIP candidate %s: %s", path, str(e).splitlines()[0])
+                continue
+            return cls(path, managed(module, compute_dtype(mm.get_torch_device()), mm.text_encoder_offload_device()))
 
 
 def eva_candidates() -> list[str]:
@@ -122,7 +130,7 @@ def eva_candidates() -> list[str]:
     return names
 
 
-def find_eva_file(choice: str = "auto") -> str:
+def find_eva_files(choice: str = "auto") -> list[str]:
     candidates = eva_candidates()
     if choice != "auto":
         if choice not in candidates:
@@ -132,8 +140,7 @@ def find_eva_file(choice: str = "auto") -> str:
         looked = ", ".join(_folders("text_encoders") + _folders("clip_vision") + _folders("pulid"))
         raise FileNotFoundError(f"No EVA02-CLIP file found (looked for names containing 'eva02' or 'eva_clip' in "
                                 f"{looked}). {EVA_DOWNLOAD_HINT} Put it in models/clip/.")
-    folder, name = candidates[0].split("/", 1)
-    return folder_paths.get_full_path(folder, name)
+    return [folder_paths.get_full_path(*c.split("/", 1)) for c in candidates]
 
 
 @dataclass(eq=False)

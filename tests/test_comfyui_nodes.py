@@ -292,3 +292,14 @@ def test_missing_model_files_name_the_folder_and_the_download(env, tmp_path, mon
         support.EvaModel.load()
     with pytest.raises(Exception, match="not in any models/pulid folder"):
         support.PulidModel.load("nope.safetensors")
+
+
+def test_eva_auto_skips_a_broken_candidate(env, tmp_path, monkeypatch):
+    broken = tmp_path / "eva02_broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    support = env.pack.comfy_support
+    monkeypatch.setattr(support, "find_eva_files", lambda choice: [str(broken), env.eva.path])
+    assert support.EvaModel.load().path == env.eva.path
+    monkeypatch.setattr(support, "find_eva_files", lambda choice: [str(broken)])
+    with pytest.raises(support.EncoderModelError, match="eva02_broken.pt"):
+        support.EvaModel.load()
