@@ -1,0 +1,29 @@
+"""python -m pulid_tools {queue,doctor} ... (run from the pack's folder)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import client, graph
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pulid_tools", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    client.add_arguments(commands.add_parser(
+        "queue", help="run an API graph on a ComfyUI server (headless)", description=client.__doc__,
+        epilog=graph.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
+    from . import doctor  # light: the heavy imports happen inside its checks
+
+    doctor.add_arguments(commands.add_parser(
+        "doctor", help="check the model files and encoders of a ComfyUI install", description=doctor.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(argv)
+    if args.command == "queue":
+        return client.run(args)
+    return doctor.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

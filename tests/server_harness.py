@@ -1,0 +1,138 @@
+"""A real ComfyUI server for end-to-end tests: an isolated --base-directory with this pack and a test-only
+node pack in custom_nodes/, tiny models, listening on 127.0.0.1 only, stopped when the test ends."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import comfy_harness as H
+
+PACK_DIR_NAME = "ComfyUI-PuLID-Flux"
+TEST_VAE = "taef1_test.safetensors"
+START_TIMEOUT_S = 180
+
+# T5-XXL has a fixed size of ~9 GB, so HTTP tests swap the text encoders for this node: Flux-shaped
+# conditioning from a seeded generator (the same text gives the same tensors).
+TEST_NODES_SOURCE = '''"""Test only (written by tests/server_harness.py): Flux conditioning without T5-XXL."""
+import hashlib
+
+import torch
+
+
+class PulidTestFluxConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True}),
+                             "tokens": ("INT", {"default": 8, "min": 1, "max": 512})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+    CATEGORY = "testing"
+
+    def encode(self, text, tokens):
+        g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little"))
+        context = torch.randn(1, tokens, 4096, generator=g)
+        return ([[context, {"pooled_output": torch.randn(1, 768, generator=g), "guidance": 3.5}]],)
+
+
+NODE_CLASS_MAPPINGS = {"PulidTestFluxConditioning": PulidTestFluxConditioning}
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_taesd_vae(path: str, latent_channels: int = 16, seed: int = 0) -> str:
+    """A single-file VAE that ComfyUI's VAELoader detects as TAESD (the 'taesd_decoder.1.weight' key), with
+    random weights: about 10 MB instead of the 160 MB Flux VAE, and it decodes 16-channel Flux latents."""
+    import comfy.taesd.taesd
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    module = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
+    state = {k: torch.randn(v.shape, generator=g) * (0.05 if v.dim() > 1 else 0.0)
+             for k, v in module.state_dict().items()}
+    state["vae_scale"], state["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file(state, path)
+    return path
+
+
+def prepare_base_directory(base: str) -> dict:
+    """custom_nodes/ (this repo as the pack, the test node pack) and models/ (tiny Flux, full-size PuLID and
+    EVA-CLIP, fake antelopev2, random BiSeNet, TAESD-layout VAE). Needs ComfyUI imported (H.import_comfyui)."""
+    nodes_dir = os.path.join(base, "custom_nodes")
+    os.makedirs(os.path.join(nodes_dir, "pulid_test_conditioning"), exist_ok=True)
+    os.symlink(H.REPO_ROOT, os.path.join(nodes_dir, PACK_DIR_NAME))
+    with open(os.path.join(nodes_dir, "pulid_test_conditioning", "__init__.py"), "w", encoding="utf-8") as f:
+        f.write(TEST_NODES_SOURCE)
+    models = os.path.join(base, "models")
+    paths = H.write_models(models)
+    paths["vae"] = write_taesd_vae(os.path.join(models, "vae", TEST_VAE))
+    return paths
+
+
+class ComfyServer:
+    """`python main.py --cpu --listen 127.0.0.1 --port N --base-directory BASE` from COMFYUI_PATH."""
+
+    def __init__(self, comfyui: str, base: str):
+        self.comfyui, self.base = comfyui, base
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(base, "server.log")
+        self.process = None
+
+    def __enter__(self):
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", self.base, "--disable-auto-launch", "--disable-api-nodes",
+               "--database-url", "sqlite:///:memory:"]  # the default database file is inside COMFYUI_PATH
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/system_stats", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not answer within {START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        self._log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")[-chars:]
+
+    def get_json(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def __exit__(self, *exc):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()
