@@ -1,0 +1,158 @@
+"""`python -m pulid_tools doctor` on ComfyUI folders laid out the ways users lay them out: empty, complete,
+antelopev2 nested by the release zip, models elsewhere through extra_model_paths.yaml, and wrong files.
+
+The models are the tiny stand-ins (tiny PuLID-Flux, narrow EVA-CLIP, fake antelopev2, random BiSeNet) so this
+runs in seconds; test_server_e2e.py runs the doctor command on full-size files."""
+import argparse
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from encoders import fakes as enc_fakes
+from pulid_flux import TINY
+from pulid_flux.fakes import write_pulid_file
+from pulid_tools import catalog, doctor, model_paths
+
+
+def run_doctor(comfyui, *extra):
+    parser = argparse.ArgumentParser()
+    doctor.add_arguments(parser)
+    args = parser.parse_args(["--comfyui", str(comfyui), *extra])
+    out = io.StringIO()
+    code = doctor.run(args, eva_config=enc_fakes.TINY_EVA, out=out)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bisenet(tmp_path_factory):
+    """BiSeNet is ~50 MB even with random weights: written once, copied where needed."""
+    return enc_fakes.write_bisenet(str(tmp_path_factory.mktemp("bisenet") / "parsing_bisenet.pth"))
+
+
+@pytest.fixture
+def write_pack_models(bisenet):
+    def write(models, nested_antelopev2=False):
+        write_pulid_file(os.path.join(models, "pulid", "pulid_flux_v0.9.1.safetensors"), TINY, seed=1)
+        enc_fakes.write_eva_baai(os.path.join(models, "clip", "EVA02_CLIP_L_336_psz14_s6B.pt"), enc_fakes.TINY_EVA)
+        enc_fakes.write_antelopev2(os.path.join(models, "insightface", "models", "antelopev2"),
+                                   nested=nested_antelopev2)
+        os.makedirs(os.path.join(models, "facexlib"), exist_ok=True)
+        shutil.copy(bisenet, os.path.join(models, "facexlib", "parsing_bisenet.pth"))
+    return write
+
+
+@pytest.fixture
+def comfyui(tmp_path):
+    root = tmp_path / "ComfyUI"
+    for sub in ("pulid", "clip", "insightface", "facexlib"):
+        (root / "models" / sub).mkdir(parents=True)
+    return root
+
+
+def test_empty_install_names_every_folder_to_create_and_file_to_download(tmp_path):
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    code, out = run_doctor(root)
+    assert code == 1
+    models = os.path.join(str(root), "models")
+    for model, folder in ((catalog.PULID, "pulid"), (catalog.EVA_CLIP, "clip"), (catalog.PARSER, "facexlib")):
+        assert f"create the folder {os.path.join(models, folder)}" in out
+        assert f"download {model.url}" in out
+        assert f"save it as {os.path.join(models, folder, model.name)}" in out
+    antelope = os.path.join(models, "insightface", "models", "antelopev2")
+    assert f"create the folder {antelope}" in out and catalog.DETECTOR.url in out and catalog.RECOGNIZER.url in out
+    assert out.count("[FAIL]") == 4 and "[ok]   Python packages" in out
+    assert "flux1-dev.safetensors: download" in out  # the workflows' models: a warning, not a failure
+
+
+def test_complete_install_loads_everything_and_previews_a_face(comfyui, tmp_path, write_pack_models):
+    from skimage import data
+
+    write_pack_models(str(comfyui / "models"))
+    face = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(face)
+    preview = tmp_path / "preview" / "face.png"
+    code, out = run_doctor(comfyui, "--face", str(face), "--preview", str(preview))
+    assert code == 0, out
+    assert "[FAIL]" not in out and out.count("[ok]") == 5 and out.count("[warn]") == 2
+    assert "pulid_flux_v0.9.1.safetensors: loads (NOT the official size" in out  # the tiny stand-in
+    assert "EVA02_CLIP_L_336_psz14_s6B.pt: loads  <- used by eva_file 'auto'" in out
+    assert "1 face(s) detected" in out and f"ID tokens from the PuLID encoder: [1, {TINY.num_queries}, " in out
+    assert Image.open(preview).size == (1024, 512)
+    detections = np.asarray(Image.open(tmp_path / "preview" / "face_detections.png"))
+    assert detections.shape == data.astronaut().shape
+
+
+def test_nested_antelopev2_works_and_the_doctor_says_how_to_flatten_it(comfyui, write_pack_models):
+    write_pack_models(str(comfyui / "models"), nested_antelopev2=True)
+    code, out = run_doctor(comfyui)
+    assert code == 0, out
+    expected = os.path.join(str(comfyui), "models", "insightface", "models", "antelopev2")
+    assert "[warn] InsightFace antelopev2" in out
+    assert f"move the .onnx files from {os.path.join(expected, 'antelopev2')}{os.sep} to {expected}{os.sep}" in out
+
+
+def test_antelopev2_one_folder_too_high_is_a_failure_with_the_move_to_make(comfyui, write_pack_models):
+    models = str(comfyui / "models")
+    write_pack_models(models)
+    shutil.move(os.path.join(models, "insightface", "models", "antelopev2"),
+                os.path.join(models, "insightface", "antelopev2"))
+    code, out = run_doctor(comfyui)
+    assert code == 1
+    assert "[FAIL] InsightFace antelopev2" in out
+    assert f"into {os.path.join(models, 'insightface', 'models', 'antelopev2')}" in out
+
+
+def test_models_found_through_extra_model_paths_yaml(tmp_path, write_pack_models):
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    shared = tmp_path / "shared_models"
+    for sub in ("pulid", "clip", "insightface", "facexlib"):
+        (shared / sub).mkdir(parents=True)
+    write_pack_models(str(shared))
+    (root / "extra_model_paths.yaml").write_text(
+        "mine:\n  base_path: ../shared_models\n  pulid: pulid\n  clip: clip\n  insightface: insightface\n"
+        "  facexlib: |\n    facexlib\n    other\n")
+    code, out = run_doctor(root)
+    assert code == 0, out
+    assert os.path.join(str(shared), "pulid", "pulid_flux_v0.9.1.safetensors") + ": loads" in out
+
+
+def test_folder_order_follows_comfyui(tmp_path):
+    (tmp_path / "extra_model_paths.yaml").write_text(
+        "a:\n  base_path: /data\n  is_default: true\n  unet: big\n  pulid: p1\nb:\n  clip: rel/clip\n")
+    folders = model_paths.resolve(str(tmp_path), base_directory=str(tmp_path / "base"))
+    models = str(tmp_path / "base" / "models")
+    assert folders.get("diffusion_models") == [os.path.normpath("/data/big"), os.path.join(models, "unet"),
+                                               os.path.join(models, "diffusion_models")]
+    assert folders.get("pulid") == [os.path.normpath("/data/p1"), os.path.join(models, "pulid")]
+    assert folders.get("clip") == [os.path.join(models, "text_encoders"), os.path.join(models, "clip"),
+                                   str(tmp_path / "rel" / "clip")]
+    (tmp_path / "extra_model_paths.yaml").write_text("a: [unclosed\n")
+    with pytest.raises(model_paths.ConfigError, match="extra_model_paths.yaml: cannot be read"):
+        model_paths.resolve(str(tmp_path))
+
+
+def test_wrong_files_are_explained(comfyui, write_pack_models):
+    from safetensors.torch import save_file
+
+    models = str(comfyui / "models")
+    write_pack_models(models)
+    save_file({"id_adapter.body.weight": torch.zeros(2)}, os.path.join(models, "pulid", "pulid_v1.1.safetensors"))
+    eva = os.path.join(models, "clip", "EVA02_CLIP_L_336_psz14_s6B.pt")
+    enc_fakes.write_eva_open_clip(os.path.join(models, "clip", "open_clip_model.safetensors"), enc_fakes.TINY_EVA)
+    os.remove(eva)
+    with open(os.path.join(models, "facexlib", "parsing_bisenet.pth"), "wb") as f:
+        f.write(b"not a checkpoint")
+    code, out = run_doctor(comfyui)
+    assert code == 1
+    assert "pulid_v1.1.safetensors: cannot be used" in out and "PuLID for SDXL" in out
+    assert "[warn] PuLID-Flux weights" in out  # the v0.9.1 file still works
+    renamed = os.path.join(models, "clip", "EVA02_CLIP_L_336_open_clip_model.safetensors")
+    assert f"the loader only lists names containing 'eva02' or 'eva_clip': rename it to {renamed}" in out
+    assert "[FAIL] Face parsing BiSeNet" in out and "parsing_bisenet.pth: cannot be used" in out
