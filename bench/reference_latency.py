@@ -74,6 +74,26 @@ def run(counts=(1, 4, 8), device: str = "cpu", dtype: torch.dtype = torch.float3
     return rows
 
 
+def idformer_step(device: str, dtype: torch.dtype):
+    """The rest of the Apply node's encoding: full-size random PuLID ID encoder, ID and uncond tokens, mean fusion."""
+    from pulid_flux import OFFICIAL, IDFormer, encode_id, encode_uncond_id, fuse_id_tokens
+    from pulid_flux.fakes import random_state_dict
+
+    encoder = IDFormer(OFFICIAL)
+    prefix = "pulid_encoder."
+    encoder.load_state_dict({k[len(prefix):]: v for k, v in random_state_dict(OFFICIAL, dtype=torch.float32).items()
+                             if k.startswith(prefix)})
+    encoder = encoder.to(device, dtype).eval()
+
+    def step(results):
+        id_cond = torch.cat([r.id_cond for r in results])
+        hidden = [torch.cat([r.hidden_states[i] for r in results]) for i in range(5)]
+        fuse_id_tokens(encode_id(encoder, id_cond, hidden).float())
+        encode_uncond_id(encoder, id_cond, hidden)
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -81,8 +101,9 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    rows = run(args.counts, args.device, getattr(torch, args.dtype), args.repeats)
-    print(f"\nreference encoding on {machine()}: {args.device} {args.dtype}, torch threads {torch.get_num_threads()}")
+    dtype = getattr(torch, args.dtype)
+    rows = run(args.counts, args.device, dtype, args.repeats, after_encode=idformer_step(args.device, dtype))
+    print(f"\nreference encoding + PuLID ID encoder on {machine()}: {args.device} {args.dtype}, torch threads {torch.get_num_threads()}")
     print(f"{'images':>6}  {'s/image':>8}  {'total s':>8}")
     for count, per_image in rows:
         print(f"{count:>6}  {per_image:>8.2f}  {per_image * count:>8.2f}")
