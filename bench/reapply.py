@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ComfyModels, machine  # noqa: E402
 
 
+@torch.inference_mode()  # as ComfyUI runs nodes: IMAGE tensors are inference tensors
 def main():
     env = ComfyModels()
     print(f"# reapply on {machine()}")
