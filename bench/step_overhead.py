@@ -119,7 +119,6 @@ def reference_step(flux, pulid, x, t, ctx, y, guidance, id_tokens, points):
     from comfy.ldm.flux.layers import timestep_embedding
 
     img, img_ids = flux.process_img(x)
-    n = img.shape[1]
     txt_ids = torch.zeros((x.shape[0], ctx.shape[1], 3), device=x.device, dtype=x.dtype)
     img = flux.img_in(img)
     vec = flux.time_in(timestep_embedding(t, 256).to(img.dtype))

@@ -1,5 +1,4 @@
 """Tier (b): the nodes inside a real ComfyUI (COMFYUI_PATH), sampling a full-width random Flux on the CPU."""
-import copy
 
 import pytest
 import torch

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pulid_flux import (OFFICIAL, TINY, IDFormer, PulidFlux, add_id_attention, encode_id, encode_uncond_id,
+from pulid_flux import (OFFICIAL, TINY, PulidFlux, add_id_attention, encode_id, encode_uncond_id,
                         fuse_id_tokens, injection_points, make_id_cond, tokens_mask)
 from pulid_flux.fakes import random_state_dict
 
