@@ -13,7 +13,7 @@ import folder_paths
 from . import comfy_support as support
 from .encoders import FACE_ORDERS
 from .pulid_flux import FUSION_MODES, injection_points
-from .pulid_flux.patch import UNCOND_MODES, IdBlockPatch, PulidApplication, _Wrapper
+from .pulid_flux.patch import UNCOND_MODES, IdBlockPatch, PulidApplication, SharedWrapper
 
 log = logging.getLogger("PuLID-Flux")
 CATEGORY = "pulid_flux"
@@ -152,9 +152,9 @@ class ApplyPulidFlux:
             patch = IdBlockPatch(app, ca_index, kind.split("_")[0], dit.get((kind, i)))
             patched.set_model_patch_replace(patch, "dit", kind, i)
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
-                                     _Wrapper(app.outer_sample))
+                                     SharedWrapper(app.outer_sample))
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                     _Wrapper(app.diffusion_model))
+                                     SharedWrapper(app.diffusion_model))
         return (patched, emb.preview)
 
 

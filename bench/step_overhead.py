@@ -58,7 +58,7 @@ def main():
     import_comfyui(cpu=not args.gpu)
     from pulid_flux import OFFICIAL, PulidFlux, injection_points
     from pulid_flux.fakes import random_state_dict
-    from pulid_flux.patch import IdBlockPatch, PulidApplication, _Wrapper
+    from pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper
 
     device = "cuda" if args.gpu else "cpu"
     dtype = torch.bfloat16 if args.gpu else torch.float32
@@ -76,7 +76,7 @@ def main():
     id_tokens = torch.randn(1, 32, 2048) * 3
     app = PulidApplication(pulid.pulid_ca, id_tokens, id_tokens * 0, 1.0, 0.0, 1.0, lambda p: 1.0 - p, uncond="same")
     dit = {(kind, i): IdBlockPatch(app, ca, kind.split("_")[0]) for (kind, i), ca in points.items()}
-    wrappers = {"diffusion_model": {"pulid_flux": [_Wrapper(app.diffusion_model)]}}
+    wrappers = {"diffusion_model": {"pulid_flux": [SharedWrapper(app.diffusion_model)]}}
     sync = torch.cuda.synchronize if args.gpu else (lambda: None)
 
     print(f"# step_overhead on {machine()}, Flux {n_double}+{n_single} blocks (width {D}), {len(points)} ID "

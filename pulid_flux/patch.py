@@ -63,7 +63,7 @@ class PulidApplication(_Shared):
         self.sigma_range = self._sigma_range(percent_to_sigma)  # replaced at sampling time by the outer wrapper
         self.forward_info: ForwardInfo | None = None
         self._kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self._masks: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._txt_len: int | None = None
         self._gate: tuple[Any, bool] = (None, False)
 
@@ -86,10 +86,11 @@ class PulidApplication(_Shared):
         self._masks.clear()
         try:
             return executor(*args, **kwargs)
-        finally:
+        finally:  # nothing of this run (GPU tensors included) outlives it
             self._kv.clear()
             self._masks.clear()
             self.forward_info = None
+            self._gate = (None, False)
 
     def diffusion_model(self, executor, x, timestep, context, *args, **kwargs):
         """DIFFUSION_MODEL wrapper: record the generated image's token grid (Kontext reference tokens come after
@@ -228,7 +229,9 @@ class IdBlockPatch(_Shared):
         return out
 
 
-class _Wrapper(_Shared):
+class SharedWrapper(_Shared):
+    """A wrapper function that every clone shares (ComfyUI copies wrapper lists, not their items)."""
+
     def __init__(self, fn):
         self.fn = fn
 

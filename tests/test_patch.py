@@ -7,7 +7,7 @@ import torch
 from mini_flux import MiniFlux
 from pulid_flux import TINY, PulidFlux, injection_points
 from pulid_flux.fakes import random_state_dict
-from pulid_flux.patch import IdBlockPatch, PulidApplication, _Wrapper
+from pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper
 
 SHIFTED = lambda p: 1.0 if p <= 0 else (0.0 if p >= 1 else 1.0 - p)  # a simple monotone schedule
 
@@ -30,7 +30,7 @@ def patch_options(flux, app, options=None):
     for (kind, i), ca in injection_points(len(flux.double_blocks), len(flux.single_blocks)).items():
         dit[(kind, i)] = IdBlockPatch(app, ca, kind.split("_")[0], dit.get((kind, i)))
     options.setdefault("wrappers", {}).setdefault("diffusion_model", {}).setdefault("pulid", []).append(
-        _Wrapper(app.diffusion_model))
+        SharedWrapper(app.diffusion_model))
     return options
 
 
