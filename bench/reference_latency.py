@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common import machine  # noqa: E402  (bench/common.py; the script's folder is on sys.path)
-from encoders import FaceEncoders, fakes  # noqa: E402
+from encoders import FaceEncoders  # noqa: E402
+from testing import encoder_fakes as fakes  # noqa: E402
 
 
 def photos() -> list[np.ndarray]:
@@ -77,7 +78,7 @@ def run(counts=(1, 4, 8), device: str = "cpu", dtype: torch.dtype = torch.float3
 def idformer_step(device: str, dtype: torch.dtype):
     """The rest of the Apply node's encoding: full-size random PuLID ID encoder, ID and uncond tokens, mean fusion."""
     from pulid_flux import OFFICIAL, IDFormer, encode_id, encode_uncond_id, fuse_id_tokens
-    from pulid_flux.fakes import random_state_dict
+    from testing.pulid_fakes import random_state_dict
 
     encoder = IDFormer(OFFICIAL)
     prefix = "pulid_encoder."

@@ -57,7 +57,7 @@ def main():
     args = ap.parse_args()
     import_comfyui(cpu=not args.gpu)
     from pulid_flux import OFFICIAL, PulidFlux, injection_points
-    from pulid_flux.fakes import random_state_dict
+    from testing.pulid_fakes import random_state_dict
     from pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper
 
     device = "cuda" if args.gpu else "cpu"

@@ -1,7 +1,7 @@
 """Reference-image encoders for PuLID-Flux: InsightFace antelopev2, FFHQ alignment, BiSeNet parsing, EVA02-CLIP.
 
 Importable without ComfyUI; heavy libraries (insightface, timm, facexlib) are imported when a model is loaded.
-Test doubles live in `encoders.fakes` (needs the `onnx` package) and are not imported here."""
+Test doubles live in the repo's `testing` package, not here."""
 from .checkpoint import EncoderModelError
 from .eva import EVA02_CLIP_L_336, EVA_DOWNLOAD_HINT, EvaClipVision, EvaConfig, load_eva_clip
 from .faces import (ANTELOPEV2_DOWNLOAD_HINT, DEFAULT_DET_SIZES, FACE_ORDERS, DetectedFace, choose_face,

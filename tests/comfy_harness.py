@@ -65,9 +65,9 @@ def flux_unet_state_dict(double=1, single=1, seed=0, dtype=torch.float16):
 def write_models(models_dir: str, flux_double=1, flux_single=1) -> dict:
     from safetensors.torch import save_file
 
-    from encoders import fakes as enc_fakes
+    from testing import encoder_fakes as enc_fakes
     from pulid_flux import OFFICIAL
-    from pulid_flux.fakes import write_pulid_file
+    from testing.pulid_fakes import write_pulid_file
 
     paths = {
         "pulid": write_pulid_file(os.path.join(models_dir, "pulid", "pulid_flux_v0.9.1.safetensors"), OFFICIAL, seed=1,

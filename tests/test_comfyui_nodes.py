@@ -233,7 +233,7 @@ def test_tiny_flux_built_from_comfyui_classes(env, monkeypatch):
     import comfy.supported_models
     import importlib
     pack = env.pack
-    fakes = importlib.import_module(pack.__name__ + ".pulid_flux.fakes")
+    from testing import pulid_fakes as fakes
     cfg = pack.pulid_flux.TINY
     unet_config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16,
                    "context_in_dim": 32, "hidden_size": cfg.img_dim, "mlp_ratio": 2.0, "num_heads": 2, "depth": 3,

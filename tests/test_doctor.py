@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from encoders import fakes as enc_fakes
+from testing import encoder_fakes as enc_fakes
 from pulid_flux import TINY
-from pulid_flux.fakes import write_pulid_file
+from testing.pulid_fakes import write_pulid_file
 from pulid_tools import catalog, doctor, model_paths
 
 

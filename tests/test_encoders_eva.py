@@ -4,8 +4,9 @@ import os
 import pytest
 import torch
 
-from encoders import EncoderModelError, fakes, load_eva_clip
+from encoders import EncoderModelError, load_eva_clip
 from encoders.eva import EvaConfig, build_timm_eva, read_eva_state_dict
+from testing import encoder_fakes as fakes
 
 TINY = fakes.TINY_EVA
 

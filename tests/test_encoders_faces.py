@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from encoders import EncoderModelError, fakes
+from encoders import EncoderModelError
 from encoders.faces import (DetectedFace, arcface_embedding, choose_face, detect_faces, find_antelopev2,
+from testing import encoder_fakes as fakes
                             load_face_analysis, onnx_providers, order_faces)
 
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from encoders import EncoderModelError, fakes
+from encoders import EncoderModelError
 from encoders.parsing import face_features_image, load_face_parser, parse_labels
+from testing import encoder_fakes as fakes
 
 
 @pytest.fixture(scope="module")

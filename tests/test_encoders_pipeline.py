@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoders import FaceEncoders, FaceResult, NoFace, fakes, load_face_analysis
+from encoders import FaceEncoders, FaceResult, NoFace, load_face_analysis
 from encoders.images import align_face
 from encoders.parsing import face_features_image, parse_labels
+from testing import encoder_fakes as fakes
 
 
 def astronaut_rgb():

@@ -7,7 +7,7 @@ import torch
 
 from pulid_flux import (OFFICIAL, TINY, PulidFlux, add_id_attention, encode_id, encode_uncond_id,
                         fuse_id_tokens, injection_points, make_id_cond, tokens_mask)
-from pulid_flux.fakes import random_state_dict
+from testing.pulid_fakes import random_state_dict
 
 D = torch.float64
 

@@ -6,7 +6,7 @@ import torch
 
 from mini_flux import MiniFlux
 from pulid_flux import TINY, PulidFlux, injection_points
-from pulid_flux.fakes import random_state_dict
+from testing.pulid_fakes import random_state_dict
 from pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper
 
 SHIFTED = lambda p: 1.0 if p <= 0 else (0.0 if p >= 1 else 1.0 - p)  # a simple monotone schedule

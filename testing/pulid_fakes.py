@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from .config import OFFICIAL, PulidConfig, expected_shapes
-from .weights import CONFIG_METADATA_KEY
+from pulid_flux.config import OFFICIAL, PulidConfig, expected_shapes
+from pulid_flux.weights import CONFIG_METADATA_KEY
 
 
 def random_state_dict(cfg: PulidConfig = OFFICIAL, seed: int = 0,

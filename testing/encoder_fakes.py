@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .eva import BAAI_TO_TIMM_RENAMES, EVA02_CLIP_L_336, EvaConfig, expected_shapes
-from .faces import DETECTOR_FILE, RECOGNIZER_FILE
+from encoders.eva import BAAI_TO_TIMM_RENAMES, EVA02_CLIP_L_336, EvaConfig, expected_shapes
+from encoders.faces import DETECTOR_FILE, RECOGNIZER_FILE
 
 TINY_EVA = EvaConfig(width=32, depth=20, heads=2)  # same keys and token count as EVA02-CLIP-L-336, ~0.5 M params
 FULL_EVA = EVA02_CLIP_L_336
@@ -108,7 +108,7 @@ def detector_onnx(faces=ONE_FACE):
     graph = helper.make_graph(
         g.nodes, "fake_scrfd", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "H", "W"])],
         infos, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="encoders.fakes",
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="testing.encoder_fakes",
                              ir_version=8)  # IR 8 = opset 17 era; older onnxruntime refuses newer IR
     onnx.checker.check_model(model)
     return model
@@ -126,7 +126,7 @@ def arcface_onnx(seed: int = 0):
     graph = helper.make_graph(
         g.nodes, "fake_arcface", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 512])], g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="encoders.fakes",
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="testing.encoder_fakes",
                              ir_version=8)  # IR 8 = opset 17 era; older onnxruntime refuses newer IR
     onnx.checker.check_model(model)
     return model
