@@ -200,3 +200,18 @@ def test_reference_images_are_one_batch_equal_to_one_at_a_time(tiny, monkeypatch
         chunk = emb.id_tokens[:, i * tiny.cfg.num_queries:(i + 1) * tiny.cfg.num_queries]
         torch.testing.assert_close(chunk, tokens, rtol=0, atol=1e-5)
     assert not torch.allclose(emb.id_tokens[:, :tiny.cfg.num_queries], emb.id_tokens[:, tiny.cfg.num_queries:2 * tiny.cfg.num_queries])
+
+
+def test_encoders_leave_the_compute_device_only_when_that_frees_it(tiny):
+    """Offloading a model whose offload device is its load device (the CPU) frees nothing and costs the next
+    encoding a full load; one that really moves (GPU -> CPU, here CPU -> meta) is unloaded."""
+    import comfy.model_management as mm
+
+    support = tiny.support
+    stays = support.managed(torch.nn.Linear(2, 2), torch.float32, offload_device=torch.device("cpu"))
+    moves = support.managed(torch.nn.Linear(2, 2), torch.float32, offload_device=torch.device("meta"))
+    mm.load_models_gpu([stays, moves])
+    support.offload(stays, moves)
+    loaded = [m.model for m in mm.current_loaded_models]
+    assert any(m is stays for m in loaded) and not any(m is moves for m in loaded)
+    assert moves.model.inner.weight.device.type == "meta" and stays.model.inner.weight.device.type == "cpu"
