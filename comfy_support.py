@@ -17,7 +17,8 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
-from .encoders import EVA02_CLIP_L_336, EncoderModelError, FaceEncoders, NoFace, find_antelopev2, load_eva_clip, load_face_analysis, load_face_parser
+from .encoders import (EVA02_CLIP_L_336, EncoderModelError, FaceEncoders, NoFace, find_antelopev2, load_eva_clip,
+                       load_face_analysis, load_face_parser)
 from .encoders.eva import EVA_DOWNLOAD_HINT
 from .encoders.faces import ANTELOPEV2_DOWNLOAD_HINT
 from .encoders.parsing import PARSER_DOWNLOAD_HINT, PARSER_FILE

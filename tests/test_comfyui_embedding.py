@@ -85,7 +85,8 @@ def encoder_state(t) -> dict:
 def reference_uncond(t) -> torch.Tensor:
     """Official uncond ID embedding: the IDFormer on zeros [1,1280] and 5 x zeros [1,577,vit_dim], in float64."""
     zeros = torch.zeros(1, t.cfg.id_cond_dim, dtype=torch.float64)
-    return reference_idformer(encoder_state(t), t.cfg, zeros, [torch.zeros(1, 577, t.cfg.vit_dim, dtype=torch.float64)] * 5)
+    hidden = [torch.zeros(1, 577, t.cfg.vit_dim, dtype=torch.float64)] * 5
+    return reference_idformer(encoder_state(t), t.cfg, zeros, hidden)
 
 
 @pytest.fixture
@@ -138,13 +139,15 @@ def test_uncond_tokens_follow_the_weights_when_cast_or_replaced(tiny, zero_passe
         encoder.to(torch.float64)
         in_double = tiny.pulid.uncond_tokens()
         assert zero_passes() == runs + 1 and in_double.dtype == torch.float32
-        torch.testing.assert_close(in_double.double(), reference_uncond(tiny), rtol=2e-7, atol=1e-7)  # computed in float64
+        # computed in float64: only the final rounding to float32 differs
+        torch.testing.assert_close(in_double.double(), reference_uncond(tiny), rtol=2e-7, atol=1e-7)
         encoder.to(torch.float32)
         tiny.pulid.uncond_tokens()
         assert zero_passes() == runs + 2
 
         other = pulid_fakes.random_state_dict(tiny.cfg, seed=9, dtype=torch.float32)
-        encoder.load_state_dict({k[len("pulid_encoder."):]: v for k, v in other.items() if k.startswith("pulid_encoder.")})
+        prefix = "pulid_encoder."
+        encoder.load_state_dict({k[len(prefix):]: v for k, v in other.items() if k.startswith(prefix)})
         replaced = tiny.pulid.uncond_tokens()
         assert zero_passes() == runs + 3 and (replaced - first).abs().max() > 1e-2
         torch.testing.assert_close(replaced.double(), reference_uncond(tiny), rtol=1e-5, atol=1e-5)
@@ -199,7 +202,8 @@ def test_reference_images_are_one_batch_equal_to_one_at_a_time(tiny, monkeypatch
         tokens = tiny.pack.pulid_flux.encode_id(idformer, single.id_cond, single.hidden_states)
         chunk = emb.id_tokens[:, i * tiny.cfg.num_queries:(i + 1) * tiny.cfg.num_queries]
         torch.testing.assert_close(chunk, tokens, rtol=0, atol=1e-5)
-    assert not torch.allclose(emb.id_tokens[:, :tiny.cfg.num_queries], emb.id_tokens[:, tiny.cfg.num_queries:2 * tiny.cfg.num_queries])
+    q = tiny.cfg.num_queries
+    assert not torch.allclose(emb.id_tokens[:, :q], emb.id_tokens[:, q:2 * q])  # the photos differ
 
 
 def test_encoders_leave_the_compute_device_only_when_that_frees_it(tiny):
