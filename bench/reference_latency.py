@@ -106,16 +106,18 @@ def measure(env: ComfyModels, counts, repeats: int, size: int) -> dict:
              statistics.median(t - w for t, w in zip(total[n], inside[n]))) for n in counts]
     one = batches[counts[0]]
     cached = {mode: median_ms(lambda: env.apply(one, weight=0.7, uncond=mode), 20) for mode in ("same", "uncond_id")}
-    first_uncond = []
-    for _ in range(3):
-        env.pulid._uncond = None
-        start = time.perf_counter()
-        env.pulid.uncond_tokens()
-        first_uncond.append(time.perf_counter() - start)
-    return {"rows": rows, "fit_total": fit(counts, [r[1] for r in rows]),
-            "fit_rest": fit(counts, [r[3] for r in rows]), "cached_ms": cached,
-            "uncond_first_s": statistics.median(first_uncond),
-            "uncond_cached_ms": median_ms(env.pulid.uncond_tokens, 50)}
+    result = {"rows": rows, "fit_total": fit(counts, [r[1] for r in rows]),
+              "fit_rest": fit(counts, [r[3] for r in rows]), "cached_ms": cached}
+    if hasattr(env.pulid, "uncond_tokens"):  # older commits computed the uncond tokens in every encoding
+        first_uncond = []
+        for _ in range(3):
+            env.pulid._uncond = None
+            start = time.perf_counter()
+            env.pulid.uncond_tokens()
+            first_uncond.append(time.perf_counter() - start)
+        result["uncond_first_s"] = statistics.median(first_uncond)
+        result["uncond_cached_ms"] = median_ms(env.pulid.uncond_tokens, 50)
+    return result
 
 
 def report(r: dict, size: int, repeats: int) -> None:
@@ -132,8 +134,9 @@ def report(r: dict, size: int, repeats: int) -> None:
     print(f"linear fit of the rest of call:  fixed {ra * 1000:.1f} ms + {rb * 1000:.1f} ms per image")
     print(f"Apply with a cached embedding:   {r['cached_ms']['same']:.1f} ms (uncond same), "
           f"{r['cached_ms']['uncond_id']:.1f} ms (uncond_id)")
-    print(f"uncond ID tokens: first use {r['uncond_first_s']:.3f} s (once per loaded PuLID model), "
-          f"cached {r['uncond_cached_ms']:.2f} ms")
+    if "uncond_first_s" in r:
+        print(f"uncond ID tokens: first use {r['uncond_first_s']:.3f} s (once per loaded PuLID model), "
+              f"cached {r['uncond_cached_ms']:.2f} ms")
 
 
 def main() -> None:
