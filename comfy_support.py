@@ -7,7 +7,7 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,11 +17,12 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
-from .encoders import EncoderModelError, FaceEncoders, NoFace, find_antelopev2, load_eva_clip, load_face_analysis, load_face_parser
+from .encoders import (EVA02_CLIP_L_336, EncoderModelError, FaceEncoders, NoFace, find_antelopev2, load_eva_clip,
+                       load_face_analysis, load_face_parser)
 from .encoders.eva import EVA_DOWNLOAD_HINT
 from .encoders.faces import ANTELOPEV2_DOWNLOAD_HINT
 from .encoders.parsing import PARSER_DOWNLOAD_HINT, PARSER_FILE
-from .pulid_flux import PulidFlux, encode_id, encode_uncond_id, fuse_id_tokens, load_pulid_flux
+from .pulid_flux import PulidFlux, encode_id, fuse_id_tokens, load_pulid_flux
 
 log = logging.getLogger("PuLID-Flux")
 PT_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
@@ -69,10 +70,13 @@ def managed(module: torch.nn.Module, dtype: torch.dtype, offload_device=None) ->
 
 
 def offload(*patchers) -> None:
-    """Unload these patchers from the compute device now (encoders are not needed while sampling)."""
+    """Unload these patchers from the compute device now (encoders are not needed while sampling). One whose
+    offload device is its load device (the CPU, --gpu-only) stays loaded, as ComfyUI keeps its own models there:
+    unloading would free nothing and cost the next encoding a full load (~75 ms on a CPU)."""
+    moving = [p for p in patchers if p.load_device != p.offload_device]
     for i in range(len(mm.current_loaded_models) - 1, -1, -1):
         loaded = mm.current_loaded_models[i]
-        if any(loaded.model is p for p in patchers) and loaded.model_unload():
+        if any(loaded.model is p for p in moving) and loaded.model_unload():
             mm.current_loaded_models.pop(i)
 
 
@@ -84,6 +88,35 @@ class PulidModel:
     model: PulidFlux
     encoder: comfy.model_patcher.ModelPatcher
     ca: comfy.model_patcher.ModelPatcher
+    _uncond: tuple | None = field(default=None, init=False, repr=False)  # (weights key, tokens)
+
+    def _encoder_key(self) -> tuple:
+        """What the uncond tokens depend on: the compute device, and each encoder weight's identity, dtype and
+        version, plus a value fingerprint (a weight copied in under inference mode keeps its version).
+        Not data_ptr: ComfyUI moves the encoder to the GPU and back around every encoding, which changes it."""
+        encoder = self.encoder.model.inner
+        params = tuple((id(p), p.dtype, _param_version(p)) for p in encoder.parameters())
+        latents, proj = encoder.latents.detach(), encoder.proj_out.detach()
+        fingerprint = (float(latents.sum(dtype=torch.float64)), float(proj.reshape(-1)[::101].sum(dtype=torch.float64)))
+        return self.encoder.load_device, params, fingerprint
+
+    def uncond_tokens(self) -> torch.Tensor:
+        """The uncond ID tokens of official true CFG: the ID encoder on zeros, [1,32,2048] float32 on the CPU.
+        They depend only on the weights, so they are computed on first use and again only if the weights change
+        (cast, replaced, reloaded). The tensor is shared: do not modify it."""
+        key = self._encoder_key()
+        if self._uncond is not None and self._uncond[0] == key:
+            return self._uncond[1]
+        mm.load_models_gpu([self.encoder])
+        try:
+            cfg = self.model.cfg
+            tokens = encode_id(self.encoder.model.inner, torch.zeros(1, cfg.id_cond_dim),
+                               [torch.zeros(1, EVA02_CLIP_L_336.tokens, cfg.vit_dim)] * cfg.num_scales)
+            tokens = tokens.float().cpu()
+        finally:
+            offload(self.encoder)
+        self._uncond = (self._encoder_key(), tokens)
+        return tokens
 
     @classmethod
     def load(cls, file_name: str) -> "PulidModel":
@@ -183,7 +216,6 @@ def face_parser() -> comfy.model_patcher.ModelPatcher:
 @dataclass
 class Embedding:
     id_tokens: torch.Tensor        # [1,T,2048], fused
-    uncond_tokens: torch.Tensor    # [1,32,2048]
     preview: torch.Tensor          # IMAGE [N,512,1024,3]: aligned | parsed, one row per face used
     used: list[int]                # indices of the reference images that had a face
     skipped: dict[int, str]        # index -> why not
@@ -191,6 +223,9 @@ class Embedding:
 
 _cache: OrderedDict[tuple, Embedding] = OrderedDict()
 CACHE_SIZE = 8
+# Faces per BiSeNet/EVA-CLIP batch: all reference images of an ordinary Apply in one pass, while a very large
+# batch of references still cannot hold every EVA activation at once.
+EMBED_BATCH = 16
 
 
 _known_images: dict[int, tuple[weakref.ref, int, str]] = {}
@@ -204,6 +239,13 @@ def _version(image: torch.Tensor):
     except RuntimeError:
         flat = image.reshape(-1)
         return float(flat.sum()), float(flat[::997].sum())
+
+
+def _param_version(p: torch.Tensor):
+    try:
+        return p._version
+    except RuntimeError:  # an inference tensor: the caller's value fingerprint stands in
+        return None
 
 
 def _image_key(image: torch.Tensor) -> str:
@@ -233,11 +275,9 @@ def embed_references(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel,
     mm.load_models_gpu(list(patchers))
     try:
         encoders = FaceEncoders(faces.analysis, eva.module, parser.model.inner)
-        results = []
-        progress = comfy.utils.ProgressBar(image.shape[0])
-        for i in range(image.shape[0]):
-            results += encoders.encode(image[i:i + 1], order=face_order, index=face_index, use_gray=use_gray)
-            progress.update(1)
+        bar = comfy.utils.ProgressBar(image.shape[0] + 1)  # detection per image, then the EVA-CLIP batch
+        results = encoders.encode(image, order=face_order, index=face_index, use_gray=use_gray,
+                                  batch_size=EMBED_BATCH, progress=bar.update_absolute)
         used = [i for i, r in enumerate(results) if not isinstance(r, NoFace)]
         skipped = {i: r.reason for i, r in enumerate(results) if isinstance(r, NoFace)}
         if not used:
@@ -249,7 +289,6 @@ def embed_references(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel,
         tokens = encode_id(encoder, id_cond, hidden)
         embedding = Embedding(
             id_tokens=fuse_id_tokens(tokens.float(), fusion).cpu(),
-            uncond_tokens=encode_uncond_id(encoder, id_cond, hidden).float().cpu(),
             preview=torch.stack([torch.from_numpy(np.concatenate([r.aligned, r.parsed], axis=1)) for r in ok]) / 255.0,
             used=used, skipped=skipped)
     finally:

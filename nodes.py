@@ -143,7 +143,8 @@ class ApplyPulidFlux:
         for i, why in emb.skipped.items():
             log.warning("PuLID-Flux: reference image %d skipped: %s", i + 1, why)
 
-        app = PulidApplication(pulid_flux.model.pulid_ca, emb.id_tokens, emb.uncond_tokens, weight, start_at,
+        uncond_tokens = pulid_flux.uncond_tokens() if uncond == "uncond_id" else None
+        app = PulidApplication(pulid_flux.model.pulid_ca, emb.id_tokens, uncond_tokens, weight, start_at,
                                end_at, model.get_model_object("model_sampling").percent_to_sigma,
                                mask=attn_mask, uncond=uncond, models=[pulid_flux.ca])
         patched = model.clone()

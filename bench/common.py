@@ -68,7 +68,7 @@ class ComfyModels:
         import comfy_harness as H
 
         folder_paths = H.import_comfyui()
-        root = tempfile.mkdtemp(prefix="pulid_bench_")
+        self.root = root = tempfile.mkdtemp(prefix="pulid_bench_")  # ~3 GB of model files: remove when done
         H.write_models(os.path.join(root, "models"))
         H.register_folders(folder_paths, os.path.join(root, "models"))
         self.harness = H

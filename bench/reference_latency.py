@@ -1,113 +1,157 @@
-"""Seconds per reference image for the encoder pipeline with full-size random-weight models.
+"""Cost of Apply PuLID-Flux's reference encoding: a fixed cost per call and a cost per reference image.
 
-    python bench/reference_latency.py [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--counts 1 4 8]
+    COMFYUI_PATH=/path/to/ComfyUI python bench/reference_latency.py [--counts 1 4 8] [--repeats 3] [--size 1024]
 
-Builds synthetic antelopev2 (ONNX), a random BiSeNet and a random full-size EVA02-CLIP-L-14-336 in a temp dir,
-loads them like real files, and times `FaceEncoders.encode` on real photos (scikit-image astronaut, insightface
-t1.jpg). `run(after_encode=...)` times an extra step on each batch's results (e.g. the PuLID IDFormer)."""
+A real ComfyUI on the CPU (fp32 compute) with full-size random models: EVA02-CLIP-L-14-336 (304 M parameters),
+BiSeNet, synthetic antelopev2 (ONNX), the PuLID-Flux weights and a full-width 1+1-block Flux. The node runs under
+torch.inference_mode() as ComfyUI runs it, on real photos (scikit-image astronaut, people of insightface's t1.jpg)
+resized to --size. Measured side by side in one run, the counts interleaved, median of --repeats:
+
+- cold Apply calls (embedding cache cleared) with each count of images; a line fitted over the counts gives the
+  fixed cost (intercept) and the cost per image (slope);
+- inside the same calls, the time spent in the per-image work (detection + ArcFace, BiSeNet + EVA-CLIP, the ID
+  encoder on the faces); the rest of the call, fitted over the counts the same way, measures the fixed cost
+  directly without the noise of the encoders;
+- an Apply call whose embedding is cached (only the weight changed), with uncond = same and uncond_id;
+- the uncond ID tokens of true CFG: the first call (once per loaded PuLID model) and a cached call."""
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
 import sys
-import tempfile
 import time
+from collections import OrderedDict
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common import machine  # noqa: E402  (bench/common.py; the script's folder is on sys.path)
-from encoders import FaceEncoders  # noqa: E402
-from testing import encoder_fakes as fakes  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ComfyModels, git_rev, machine  # noqa: E402
 
 
-def photos() -> list[np.ndarray]:
+def photos(size: int) -> list[torch.Tensor]:
+    """The astronaut and three people of t1.jpg, each a [1,size,size,3] IMAGE."""
+    import cv2
     import insightface
     from skimage import data
 
-    group = cv2.imread(os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg"))
-    return [data.astronaut(), np.ascontiguousarray(group[:, :, ::-1])]
+    group = cv2.imread(os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg"))[:, :, ::-1]
+    rgbs = [data.astronaut()] + [np.ascontiguousarray(group[120:760, x:x + 640]) for x in (0, 320, 640)]
+    return [torch.from_numpy(cv2.resize(rgb, (size, size), interpolation=cv2.INTER_CUBIC)).float().div(255)[None]
+            for rgb in rgbs]
 
 
-def build_models(folder: str, device: str, dtype: torch.dtype) -> tuple[FaceEncoders, dict[str, float]]:
-    timings = {}
-    start = time.perf_counter()
-    fakes.write_antelopev2(os.path.join(folder, "insightface", "models", "antelopev2"))
-    fakes.write_bisenet(os.path.join(folder, "facexlib", "parsing_bisenet.pth"))
-    eva_path = fakes.write_eva_open_clip(os.path.join(folder, "open_clip_model.safetensors"), fakes.FULL_EVA)
-    timings["write random model files"] = time.perf_counter() - start
-    start = time.perf_counter()
-    models = FaceEncoders.load(os.path.join(folder, "insightface"), eva_path, os.path.join(folder, "facexlib"),
-                               providers="auto", device=device, dtype=dtype)
-    timings["load models"] = time.perf_counter() - start
-    return models, timings
+class Stopwatch:
+    """Wraps functions so the seconds spent inside them add up in `seconds` (calls may not nest)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def wrap(self, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return timed
 
 
-def run(counts=(1, 4, 8), device: str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 1,
-        after_encode=None) -> list[tuple[int, float]]:
-    """Returns (images, seconds per image); `after_encode(results)` runs inside the timed region."""
-    images = photos()
-    with tempfile.TemporaryDirectory(prefix="pulid_bench_") as folder:
-        models, timings = build_models(folder, device, dtype)
-        for name, seconds in timings.items():
-            print(f"{name}: {seconds:.1f} s")
-        models.encode(images[:1])  # warm-up: first-call allocations and kernel selection
-        rows = []
-        for count in counts:
-            batch = [images[i % len(images)] for i in range(count)]
-            best = float("inf")
-            for _ in range(repeats):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
+def fit(xs, ys) -> tuple[float, float]:
+    """Least-squares line y = a + b x -> (a, b)."""
+    b, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    return float(a), float(b)
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+@torch.inference_mode()
+def measure(env: ComfyModels, counts, repeats: int, size: int) -> dict:
+    support, pipeline = env.pack.comfy_support, env.pack.encoders.pipeline
+    images = photos(size)
+    batches = {n: torch.cat([images[i % len(images)] for i in range(n)]) for n in counts}
+    work = Stopwatch()  # the per-image work inside a call
+    encoders = pipeline.FaceEncoders
+    originals = {"locate": encoders.locate, "_embed": encoders._embed}
+    for name, fn in originals.items():
+        setattr(encoders, name, work.wrap(fn))
+    original_encode_id = support.encode_id
+    support.encode_id = work.wrap(original_encode_id)  # the uncond pass calls it too: kept out of cold calls below
+    try:
+        env.apply(batches[counts[0]], uncond="uncond_id")  # warm-up: first-call allocations, uncond tokens cached
+        total, inside = {n: [] for n in counts}, {n: [] for n in counts}
+        for _ in range(repeats):
+            for n in counts:
+                support._cache.clear()
+                work.seconds = 0.0
                 start = time.perf_counter()
-                results = models.encode(batch)
-                if after_encode is not None:
-                    after_encode(results)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - start)
-            assert all(r.ok for r in results), [r for r in results if not r.ok]
-            rows.append((count, best / count))
-    return rows
+                env.apply(batches[n], weight=1.0, uncond="uncond_id")
+                total[n].append(time.perf_counter() - start)
+                inside[n].append(work.seconds)
+    finally:
+        for name, fn in originals.items():
+            setattr(encoders, name, fn)
+        support.encode_id = original_encode_id
+
+    rows = [(n, statistics.median(total[n]), statistics.median(inside[n]),
+             statistics.median(t - w for t, w in zip(total[n], inside[n]))) for n in counts]
+    one = batches[counts[0]]
+    cached = {mode: median_ms(lambda: env.apply(one, weight=0.7, uncond=mode), 20) for mode in ("same", "uncond_id")}
+    result = {"rows": rows, "fit_total": fit(counts, [r[1] for r in rows]),
+              "fit_rest": fit(counts, [r[3] for r in rows]), "cached_ms": cached}
+    if hasattr(env.pulid, "uncond_tokens"):  # older commits computed the uncond tokens in every encoding
+        first_uncond = []
+        for _ in range(3):
+            env.pulid._uncond = None
+            start = time.perf_counter()
+            env.pulid.uncond_tokens()
+            first_uncond.append(time.perf_counter() - start)
+        result["uncond_first_s"] = statistics.median(first_uncond)
+        result["uncond_cached_ms"] = median_ms(env.pulid.uncond_tokens, 50)
+    return result
 
 
-def idformer_step(device: str, dtype: torch.dtype):
-    """The rest of the Apply node's encoding: full-size random PuLID ID encoder, ID and uncond tokens, mean fusion."""
-    from pulid_flux import OFFICIAL, IDFormer, encode_id, encode_uncond_id, fuse_id_tokens
-    from testing.pulid_fakes import random_state_dict
-
-    encoder = IDFormer(OFFICIAL)
-    prefix = "pulid_encoder."
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in random_state_dict(OFFICIAL, dtype=torch.float32).items()
-                             if k.startswith(prefix)})
-    encoder = encoder.to(device, dtype).eval()
-
-    def step(results):
-        id_cond = torch.cat([r.id_cond for r in results])
-        hidden = [torch.cat([r.hidden_states[i] for r in results]) for i in range(5)]
-        fuse_id_tokens(encode_id(encoder, id_cond, hidden).float())
-        encode_uncond_id(encoder, id_cond, hidden)
-
-    return step
+def report(r: dict, size: int, repeats: int) -> None:
+    print(f"\nApply PuLID-Flux reference encoding on {machine()}: cpu float32, "
+          f"torch threads {torch.get_num_threads()}, commit {git_rev()}, {size}x{size} photos, "
+          f"median of {repeats}, uncond_id")
+    print("\n| images | cold Apply s | in per-image work s | rest of the call ms |")
+    print("|---|---|---|---|")
+    for n, total, inside, rest in r["rows"]:
+        print(f"| {n} | {total:.2f} | {inside:.2f} | {rest * 1000:.1f} |")
+    a, b = r["fit_total"]
+    ra, rb = r["fit_rest"]
+    print(f"\nlinear fit of the cold call:     fixed {a * 1000:.0f} ms + {b:.2f} s per image")
+    print(f"linear fit of the rest of call:  fixed {ra * 1000:.1f} ms + {rb * 1000:.1f} ms per image")
+    print(f"Apply with a cached embedding:   {r['cached_ms']['same']:.1f} ms (uncond same), "
+          f"{r['cached_ms']['uncond_id']:.1f} ms (uncond_id)")
+    if "uncond_first_s" in r:
+        print(f"uncond ID tokens: first use {r['uncond_first_s']:.3f} s (once per loaded PuLID model), "
+              f"cached {r['uncond_cached_ms']:.2f} ms")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=1024, help="side of the square reference photos in pixels")
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype)
-    rows = run(args.counts, args.device, dtype, args.repeats, after_encode=idformer_step(args.device, dtype))
-    print(f"\nreference encoding + PuLID ID encoder on {machine()}: {args.device} {args.dtype}, torch threads {torch.get_num_threads()}")
-    print(f"{'images':>6}  {'s/image':>8}  {'total s':>8}")
-    for count, per_image in rows:
-        print(f"{count:>6}  {per_image:>8.2f}  {per_image * count:>8.2f}")
+    start = time.perf_counter()
+    env = ComfyModels()
+    print(f"models written and loaded in {time.perf_counter() - start:.0f} s")
+    try:
+        report(measure(env, args.counts, args.repeats, args.size), args.size, args.repeats)
+    finally:
+        shutil.rmtree(env.root, ignore_errors=True)
 
 
 if __name__ == "__main__":

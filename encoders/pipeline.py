@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -120,20 +121,28 @@ class FaceEncoders:
         return results
 
     def encode(self, images, order: str = "largest", index: int = 0, use_gray: bool = True,
-               batch_size: int = 8) -> list[FaceResult | NoFace]:
+               batch_size: int = 8, progress: Callable[[int, int], None] | None = None) -> list[FaceResult | NoFace]:
         """One result per input image, in input order: FaceResult, or NoFace with the reason.
 
         images: ComfyUI IMAGE [B,H,W,C] float 0..1 (C = 1/3/4), numpy HxW[xC] uint8 RGB/RGBA/gray, or a list.
-        order/index: which face when several are found (see faces.order_faces); index may be negative."""
+        order/index: which face when several are found (see faces.order_faces); index may be negative.
+        Detection runs per image; the faces found then go through BiSeNet and EVA-CLIP in batches of `batch_size`.
+        progress(done, total) is called after each detection and each batch (total = images + batches)."""
+        rgbs = to_rgb_list(images)
+        step = max(1, batch_size)
         results: list[FaceResult | NoFace | None] = []
         pending: list[_Located] = []
-        for i, rgb in enumerate(to_rgb_list(images)):
+        for i, rgb in enumerate(rgbs):
             found = self.locate(rgb, order, index, image_index=i)
             results.append(found if isinstance(found, NoFace) else None)
             if isinstance(found, _Located):
                 pending.append(found)
-        for start in range(0, len(pending), max(1, batch_size)):
-            chunk = pending[start:start + max(1, batch_size)]
+            if progress is not None:
+                progress(i + 1, len(rgbs) + -(-(len(pending) + len(rgbs) - i - 1) // step))
+        for start in range(0, len(pending), step):
+            chunk = pending[start:start + step]
             for item, result in zip(chunk, self._embed(chunk, use_gray)):
                 results[item.index] = result
+            if progress is not None:
+                progress(len(rgbs) + start // step + 1, len(rgbs) + -(-len(pending) // step))
         return results

@@ -1,0 +1,168 @@
+"""Soak: N prompts through a real ComfyUI server on 127.0.0.1; its memory after warm-up and at the end.
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/soak.py [--prompts 50] [--warmup 4] [--steps 2] [--size 64]
+
+Starts `python main.py --cpu` from COMFYUI_PATH on a free 127.0.0.1 port with an isolated --base-directory (this
+pack and the test conditioning node in custom_nodes/, the test models: a full-width 1+1-block Flux, full-size
+PuLID-Flux and EVA02-CLIP-L, synthetic antelopev2, random BiSeNet, a TAESD-layout VAE; see tests/server_harness.py),
+and queues examples/api/pulid_flux_basic.json (text encoders swapped for the test node) one prompt at a time, the
+seed changing every prompt, the weight cycling through --weights and the reference photo alternating between the
+scikit-image astronaut and a person of insightface's t1.jpg. Prints the server's resident memory (RSS) after the
+warm-up prompts and at the end, the errors, and the median seconds per prompt. Target: RSS growth under 1 %, no
+error. Exit status 0 when the target is met, 1 otherwise."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
+sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+if REPO_ROOT not in sys.path:
+    sys.path.append(REPO_ROOT)  # after ComfyUI (inserted first by the harness): both have a top-level `nodes`
+
+GROWTH_TARGET = 0.01
+
+
+def write_photos(folder: str) -> list[str]:
+    """Two reference photos in the server's input folder: the astronaut and the middle person of t1.jpg."""
+    import cv2
+    import insightface
+    from PIL import Image
+    from skimage import data
+
+    os.makedirs(folder, exist_ok=True)
+    group = cv2.imread(os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg"))[:, :, ::-1]
+    person = np.ascontiguousarray(group[120:760, 320:960])
+    names = []
+    for name, rgb in (("soak_astronaut.png", data.astronaut()), ("soak_t1_person.png", person)):
+        Image.fromarray(rgb).save(os.path.join(folder, name))
+        names.append(name)
+    return names
+
+
+def test_graph(steps: int, size: int) -> dict:
+    """The basic API example for the test models (as tests/test_server_e2e.py builds it)."""
+    from server_harness import TEST_VAE
+
+    with open(os.path.join(REPO_ROOT, "examples", "api", "pulid_flux_basic.json"), encoding="utf-8") as f:
+        graph = json.load(f)
+    for node_id, node in list(graph.items()):
+        if node["class_type"] == "DualCLIPLoader":
+            del graph[node_id]
+        elif node["class_type"] == "CLIPTextEncode":
+            node["class_type"] = "PulidTestFluxConditioning"
+            node["inputs"] = {"text": node["inputs"]["text"], "tokens": 8}
+        elif node["class_type"] == "UNETLoader":
+            node["inputs"]["unet_name"] = "flux_test_1d1s.safetensors"
+        elif node["class_type"] == "VAELoader":
+            node["inputs"]["vae_name"] = TEST_VAE
+        elif node["class_type"] == "EmptySD3LatentImage":
+            node["inputs"].update(width=size, height=size)
+        elif node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = steps
+    return graph
+
+
+def rss_mib(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def soak(server, graph: dict, photos: list[str], prompts: int, warmup: int, weights: list[float],
+         timeout: float) -> dict:
+    from pulid_tools import graph as graphs
+    from pulid_tools.client import ComfyClient, ComfyError, Reporter, run_graph
+
+    client = ComfyClient(server.url)
+    pid = server.process.pid
+    seconds, errors, samples = [], [], []
+    for i in range(warmup + prompts):
+        g = json.loads(json.dumps(graph))
+        graphs.set_images(g, [photos[i % len(photos)]])
+        graphs.set_seed(g, 1000 + i)
+        graphs.set_weight(g, weights[i % len(weights)])
+        start = time.monotonic()
+        try:
+            run_graph(client, g, Reporter(g, quiet=True), timeout)
+        except ComfyError as e:
+            errors.append(f"prompt {i}: {str(e).splitlines()[0]}")
+        elapsed = time.monotonic() - start
+        if server.process.poll() is not None:
+            errors.append(f"the server exited with status {server.process.returncode} during prompt {i} "
+                          f"(-9: killed, e.g. by the kernel's out-of-memory killer)")
+            break
+        if i == warmup - 1 or warmup == 0 and i == 0:
+            samples.append(("after warm-up", i + 1, rss_mib(pid)))
+        if i >= warmup:
+            seconds.append(elapsed)
+            done = i + 1 - warmup
+            if done % 10 == 0 or done == prompts:
+                samples.append((f"after {done} prompts", i + 1, rss_mib(pid)))
+                print(f"  {done}/{prompts} prompts, RSS {samples[-1][2]:,.1f} MiB, "
+                      f"median {statistics.median(seconds):.2f} s/prompt, errors {len(errors)}", flush=True)
+    return {"seconds": seconds, "errors": errors, "samples": samples}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=50, help="prompts measured after the warm-up")
+    parser.add_argument("--warmup", type=int, default=4, help="prompts before the first RSS reading")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 0.8, 1.2])
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per prompt")
+    args = parser.parse_args()
+
+    import comfy_harness as H
+    import server_harness as S
+    from common import machine
+
+    if not os.environ.get("COMFYUI_PATH"):
+        sys.exit("Set COMFYUI_PATH to a ComfyUI checkout.")
+    H.import_comfyui()  # the test models are written with ComfyUI's own classes
+    base = tempfile.mkdtemp(prefix="pulid_soak_")
+    try:
+        start = time.monotonic()
+        S.prepare_base_directory(base)
+        photos = write_photos(os.path.join(base, "input"))
+        graph = test_graph(args.steps, args.size)
+        print(f"models written in {time.monotonic() - start:.0f} s; starting ComfyUI", flush=True)
+        with S.ComfyServer(H.comfyui_path(), base) as server:
+            print(f"ComfyUI on {server.url} (pid {server.process.pid}); {args.warmup} warm-up + {args.prompts} "
+                  f"prompts, {args.steps} steps at {args.size}x{args.size}", flush=True)
+            result = soak(server, graph, photos, args.prompts, args.warmup, args.weights, args.timeout)
+            if result["errors"]:
+                print(server.log_tail(3000))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    samples, seconds, errors = result["samples"], result["seconds"], result["errors"]
+    first, last = (samples[0][2], samples[-1][2]) if samples else (float("nan"), float("nan"))
+    growth = (last - first) / first
+    print(f"\nsoak on {machine()}: {args.prompts} prompts after {args.warmup} warm-up, {args.steps} steps at "
+          f"{args.size}x{args.size}, weights {args.weights}, 2 reference photos alternating")
+    for label, count, mib in samples:
+        print(f"  RSS {label:<18} {mib:>10,.1f} MiB")
+    print(f"  RSS growth after warm-up:   {growth * 100:+.2f} % (target < {GROWTH_TARGET * 100:.0f} %)")
+    print(f"  errors: {len(errors)}" + "".join(f"\n    {e}" for e in errors[:10]))
+    if seconds:
+        print(f"  seconds per prompt: median {statistics.median(seconds):.2f}, min {min(seconds):.2f}, "
+              f"max {max(seconds):.2f}")
+    met = growth < GROWTH_TARGET and not errors and len(seconds) == args.prompts
+    print("  target met" if met else "  TARGET NOT MET")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
