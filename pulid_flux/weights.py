@@ -75,14 +75,15 @@ def _entry_problem(info) -> str | None:
 
 
 def torch_load_problem(error: Exception, advice: str) -> str:
-    """Why torch.load(weights_only=True) failed, in one line: a refused pickle (it would need code or objects
-    other than tensors) or a truncated/broken file. `advice` ends the refusal sentence."""
+    """Why torch.load(weights_only=True) failed, in one line (same wording as encoders.checkpoint, which this
+    package does not import): a refused pickle (`advice` ends that sentence) or a truncated/broken file."""
     text = str(error)
     if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
         found = re.search(r"GLOBAL ([\w.]+)", text)
         such = f" (pickled code such as {found.group(1)})" if found else ""
         return f"refused: it holds Python objects other than tensors{such}, which is refused for safety; {advice}"
-    first = re.split(r"(?<=[^.\s]{2})\. ", text.strip().splitlines()[0] if text.strip() else "", maxsplit=1)[0]
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = re.split(r"(?<=[^.\s]{2})\. ", first, maxsplit=1)[0]  # torch's first sentence only
     detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
     return f"the file is truncated or broken ({detail}); download it again."
 
