@@ -19,7 +19,7 @@ import folder_paths
 
 from .encoders import EncoderModelError, FaceEncoders, NoFace, find_antelopev2, load_eva_clip, load_face_analysis, load_face_parser
 from .encoders.eva import EVA_DOWNLOAD_HINT
-from .encoders.faces import ANTELOPEV2_DOWNLOAD_HINT
+from .encoders.faces import ANTELOPEV2_DOWNLOAD_HINT, Antelopev2Misplaced
 from .encoders.parsing import PARSER_DOWNLOAD_HINT, PARSER_FILE
 from .pulid_flux import PulidFlux, encode_id, encode_uncond_id, fuse_id_tokens, load_pulid_flux
 
@@ -153,14 +153,19 @@ class FaceAnalysisModel:
     @classmethod
     def load(cls, provider: str) -> "FaceAnalysisModel":
         roots = _folders("insightface")
-        errors = []
+        errors, misplaced = [], []
         for root in roots:
             try:
                 find_antelopev2(root)
+            except Antelopev2Misplaced as e:  # the files exist: the message says what to move, keep all of it
+                misplaced.append(str(e))
+                continue
             except EncoderModelError as e:  # collected: the error lists every folder tried
                 errors.append(str(e).splitlines()[0])
                 continue
             return cls(root, provider, load_face_analysis(root, provider))
+        if misplaced:
+            raise FileNotFoundError(misplaced[0])
         raise FileNotFoundError("antelopev2 not found in any insightface folder: " + "; ".join(errors) +
                                 f"\n  {ANTELOPEV2_DOWNLOAD_HINT} (insightface folders: {', '.join(roots)})")
 

@@ -293,6 +293,22 @@ def test_missing_model_files_name_the_folder_and_the_download(env, tmp_path, mon
         support.PulidModel.load("nope.safetensors")
 
 
+def test_antelopev2_in_the_wrong_folder_keeps_the_fix_line(env, tmp_path, monkeypatch):
+    from testing import encoder_fakes
+
+    support = env.pack.comfy_support
+    empty, wrong = tmp_path / "first", tmp_path / "insightface"
+    encoder_fakes.write_antelopev2(str(wrong / "antelopev2"))  # one level too high: root/antelopev2/*.onnx
+    monkeypatch.setattr(support, "_folders", lambda name: [str(empty), str(wrong)])
+    with pytest.raises(FileNotFoundError) as e:
+        support.FaceAnalysisModel.load("CPU")
+    message = str(e.value)
+    expected = str(wrong / "models" / "antelopev2")
+    assert f"found scrfd_10g_bnkps.onnx, glintr100.onnx in {wrong / 'antelopev2'}" in message
+    assert f"Fix: move the .onnx files into {expected}" in message
+    assert "huggingface" not in message and "Download" not in message  # the files exist: no download advice
+
+
 def test_eva_auto_skips_a_broken_candidate(env, tmp_path, monkeypatch):
     broken = tmp_path / "eva02_broken.pt"
     broken.write_bytes(b"not a checkpoint")
