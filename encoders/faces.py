@@ -122,7 +122,10 @@ class DetectedFace:
 
 def detect_faces(analysis, bgr: np.ndarray, det_sizes=DEFAULT_DET_SIZES) -> tuple[list[DetectedFace], int | None]:
     """Faces found at the first detector size (square, px) that finds any; ([], None) if none does."""
+    height, width = bgr.shape[:2]
     for size in det_sizes:
+        if int(size) * min(height, width) < 2 * max(height, width):
+            continue  # insightface would resize the short side to under 2 px (0 px crashes OpenCV)
         boxes, kpss = analysis.det_model.detect(bgr, input_size=(int(size), int(size)), max_num=0)
         if boxes is not None and len(boxes) and kpss is not None:
             faces = [DetectedFace(np.asarray(b[:4], np.float32), np.asarray(k, np.float32), float(b[4]))
