@@ -268,7 +268,7 @@ def embed_references(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel,
 class NoFaceError(ValueError):
     def __init__(self, skipped: dict[int, str]):
         lines = "; ".join(f"image {i + 1}: {why}" for i, why in skipped.items())
-        super().__init__(f"PuLID-Flux found no usable face in any reference image ({lines}). Use a photo where the "
-                         f"face is clearly visible, check face_order/face_index, or set on_no_face to "
-                         f"'return model unchanged'.")
+        self.summary = f"PuLID-Flux found no usable face in any reference image ({lines})."
+        super().__init__(f"{self.summary} Use a photo where the face is clearly visible, check face_order/face_index, "
+                         f"or set on_no_face to 'return model unchanged'.")
         self.skipped = skipped

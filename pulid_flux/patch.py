@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -18,6 +19,16 @@ from .injection import add_id_attention, tokens_mask
 log = logging.getLogger(__name__)
 UNCOND_MODES = ("same", "uncond_id", "none")
 PATCH_SIZE = 2  # Flux packs 2x2 latent pixels into one token
+
+
+def check_apply_inputs(weight, start_at, end_at) -> None:
+    """The checks every Apply-like node makes on its numbers. ComfyUI's API lets NaN through its min/max checks
+    (NaN weight gives a black image, NaN start_at silently turns the identity off)."""
+    for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}.")
+    if start_at > end_at:
+        raise ValueError(f"start_at ({start_at}) must not be after end_at ({end_at}).")
 
 
 class _Shared:
@@ -48,6 +59,7 @@ class PulidApplication(_Shared):
     def __init__(self, ca: nn.ModuleList, id_tokens: torch.Tensor, uncond_tokens: torch.Tensor | None,
                  weight: float, start_at: float, end_at: float, percent_to_sigma: Callable[[float], float],
                  mask: torch.Tensor | None = None, uncond: str = "same", models: Sequence[Any] = ()):
+        check_apply_inputs(weight, start_at, end_at)
         if uncond not in UNCOND_MODES:
             raise ValueError(f"uncond must be one of {', '.join(UNCOND_MODES)}, got '{uncond}'")
         if uncond == "uncond_id" and uncond_tokens is None:
