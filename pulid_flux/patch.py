@@ -78,6 +78,7 @@ class PulidApplication(_Shared):
         self._masks: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._txt_len: int | None = None
         self._gate: tuple[Any, bool] = (None, False)
+        self._warned: set[str] = set()
 
     def models(self) -> list:
         return list(self.extra_models)
@@ -96,6 +97,7 @@ class PulidApplication(_Shared):
             self.sigma_range = self._sigma_range(sampling.percent_to_sigma)
         self._kv.clear()
         self._masks.clear()
+        self._warned.clear()
         try:
             return executor(*args, **kwargs)
         finally:  # nothing of this run (GPU tensors included) outlives it
@@ -200,7 +202,17 @@ class PulidApplication(_Shared):
         grid = self._grid(info, n_img) if self.mask is not None else None
         if grid is not None:
             token_weights, tokens = self._token_weights(img.shape[0], len(cond_or_uncond or [0]), *grid, region.device)
+            if tokens is not None and len(tokens) == 0:
+                self._warn_once("empty_mask", "PuLID-Flux: the attn_mask covers no part of the image (all black at "
+                                              "this size): this identity adds nothing.")
+                return
         self._update(region, ca_index, layout, rows, token_weights, tokens)
+
+    def _warn_once(self, what: str, message: str) -> None:
+        """One log line per sampling run (the OUTER_SAMPLE wrapper starts a new run), not one per block."""
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(message)
 
     def _update(self, region, ca_index, layout, rows, token_weights, tokens) -> None:
         """region[rows][:, tokens] += weight * CA(...); a plain in-place update when nothing is selected."""

@@ -187,6 +187,20 @@ def test_mask_limits_the_update_and_two_identities_compose(env, monkeypatch):
     assert (sample(env, both) - out_left).abs().max() > 1e-5
 
 
+def test_mask_covering_no_token_samples_like_the_plain_model(env, caplog):
+    """An all-black mask, and a white region smaller than a token, crashed KSampler ('cannot reshape tensor of 0
+    elements'). Now: black adds nothing (bit-identical, one log line for the run); a small region counts."""
+    plain = sample(env, env.model)
+    with caplog.at_level(logging.WARNING):
+        black = sample(env, apply(env, attn_mask=torch.zeros(1, 128, 128))[0], steps=3)
+    assert torch.equal(black, sample(env, env.model, steps=3))
+    assert sum("covers no part of the image" in r.getMessage() for r in caplog.records) == 1
+    speck = torch.zeros(1, 128, 128)
+    speck[:, 0:4, 96:100] = 1  # 4x4 px between the points bilinear sampling reads (a token is 16x16 px here)
+    out = sample(env, apply(env, attn_mask=speck)[0])
+    assert torch.isfinite(out).all() and (out - plain).abs().max() > 1e-6
+
+
 def test_kontext_reference_tokens_are_untouched(env, monkeypatch):
     patch_mod = env.pack.pulid_flux.patch
     sizes = []
