@@ -20,7 +20,7 @@ import folder_paths
 from .encoders import (EVA02_CLIP_L_336, EncoderModelError, FaceEncoders, NoFace, find_antelopev2, load_eva_clip,
                        load_face_analysis, load_face_parser)
 from .encoders.eva import EVA_DOWNLOAD_HINT
-from .encoders.faces import ANTELOPEV2_DOWNLOAD_HINT
+from .encoders.faces import ANTELOPEV2_DOWNLOAD_HINT, Antelopev2Misplaced
 from .encoders.parsing import PARSER_DOWNLOAD_HINT, PARSER_FILE
 from .pulid_flux import PulidFlux, encode_id, fuse_id_tokens, load_pulid_flux
 
@@ -186,14 +186,19 @@ class FaceAnalysisModel:
     @classmethod
     def load(cls, provider: str) -> "FaceAnalysisModel":
         roots = _folders("insightface")
-        errors = []
+        errors, misplaced = [], []
         for root in roots:
             try:
                 find_antelopev2(root)
+            except Antelopev2Misplaced as e:  # the files exist: the message says what to move, keep all of it
+                misplaced.append(str(e))
+                continue
             except EncoderModelError as e:  # collected: the error lists every folder tried
                 errors.append(str(e).splitlines()[0])
                 continue
             return cls(root, provider, load_face_analysis(root, provider))
+        if misplaced:
+            raise FileNotFoundError(misplaced[0])
         raise FileNotFoundError("antelopev2 not found in any insightface folder: " + "; ".join(errors) +
                                 f"\n  {ANTELOPEV2_DOWNLOAD_HINT} (insightface folders: {', '.join(roots)})")
 
@@ -302,7 +307,7 @@ def embed_references(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel,
 class NoFaceError(ValueError):
     def __init__(self, skipped: dict[int, str]):
         lines = "; ".join(f"image {i + 1}: {why}" for i, why in skipped.items())
-        super().__init__(f"PuLID-Flux found no usable face in any reference image ({lines}). Use a photo where the "
-                         f"face is clearly visible, check face_order/face_index, or set on_no_face to "
-                         f"'return model unchanged'.")
+        self.summary = f"PuLID-Flux found no usable face in any reference image ({lines})."
+        super().__init__(f"{self.summary} Use a photo where the face is clearly visible, check face_order/face_index, "
+                         f"or set on_no_face to 'return model unchanged'.")
         self.skipped = skipped

@@ -13,7 +13,7 @@ import folder_paths
 from . import comfy_support as support
 from .encoders import FACE_ORDERS
 from .pulid_flux import FUSION_MODES, injection_points
-from .pulid_flux.patch import UNCOND_MODES, IdBlockPatch, PulidApplication, SharedWrapper
+from .pulid_flux.patch import UNCOND_MODES, IdBlockPatch, PulidApplication, SharedWrapper, check_apply_inputs
 
 log = logging.getLogger("PuLID-Flux")
 CATEGORY = "pulid_flux"
@@ -129,8 +129,7 @@ class ApplyPulidFlux:
         if hidden != pulid_flux.model.cfg.img_dim:
             raise ValueError(f"This Flux model has hidden size {hidden}; {pulid_flux.name} is made for "
                              f"{pulid_flux.model.cfg.img_dim}.")
-        if start_at > end_at:
-            raise ValueError(f"start_at ({start_at}) must not be after end_at ({end_at}).")
+        check_apply_inputs(weight, start_at, end_at)
         points = injection_points(n_double, n_single, pulid_flux.model.cfg)
         try:
             emb = support.embed_references(pulid_flux, eva_clip, face_analysis, image, fusion, face_order,
@@ -138,7 +137,7 @@ class ApplyPulidFlux:
         except support.NoFaceError as e:
             if on_no_face == "error":
                 raise
-            log.warning("%s Returning the model unchanged.", e)
+            log.warning("%s on_no_face is '%s': the model is returned without the identity.", e.summary, on_no_face)
             return (model, torch.zeros(1, 64, 128, 3))
         for i, why in emb.skipped.items():
             log.warning("PuLID-Flux: reference image %d skipped: %s", i + 1, why)

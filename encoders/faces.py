@@ -33,6 +33,10 @@ DEFAULT_DET_SIZES = (640, 512, 384, 320, 256)
 FACE_ORDERS = ("largest", "left-right", "right-left", "top-bottom", "bottom-top", "small-large", "large-small")
 
 
+class Antelopev2Misplaced(EncoderModelError):
+    """antelopev2's files exist, but not where InsightFace loads them from: the message says what to move."""
+
+
 def onnx_providers(choice: str = "auto", available: list[str] | None = None) -> list[str]:
     """'CPU', 'CUDA', 'ROCM', 'CoreML' or 'auto' -> onnxruntime provider list (CPU kept last as a fallback)."""
     if available is None:
@@ -72,7 +76,7 @@ def find_antelopev2(root: str) -> str:
     misplaced = [d for d in (os.path.join(root, "antelopev2"), os.path.join(root, "models"), root,
                              os.path.join(root, "antelopev2", "antelopev2")) if os.path.isdir(d) and not _missing(d)]
     if misplaced:
-        raise EncoderModelError(
+        raise Antelopev2Misplaced(
             f"antelopev2 is in the wrong folder: found {', '.join(ANTELOPEV2_FILES)} in {misplaced[0]}, but "
             f"InsightFace loads them from {expected}.\n  Fix: move the .onnx files into {expected}{os.sep} "
             f"(so that {os.path.join(expected, DETECTOR_FILE)} exists).")
@@ -118,7 +122,10 @@ class DetectedFace:
 
 def detect_faces(analysis, bgr: np.ndarray, det_sizes=DEFAULT_DET_SIZES) -> tuple[list[DetectedFace], int | None]:
     """Faces found at the first detector size (square, px) that finds any; ([], None) if none does."""
+    height, width = bgr.shape[:2]
     for size in det_sizes:
+        if int(size) * min(height, width) < 2 * max(height, width):
+            continue  # insightface would resize the short side to under 2 px (0 px crashes OpenCV)
         boxes, kpss = analysis.det_model.detect(bgr, input_size=(int(size), int(size)), max_num=0)
         if boxes is not None and len(boxes) and kpss is not None:
             faces = [DetectedFace(np.asarray(b[:4], np.float32), np.asarray(k, np.float32), float(b[4]))

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 MAX_REFERENCE_SIDE = 1024
+MIN_FACE_SIDE = 16  # below this no detector finds a face, and a side may scale to 0 px (OpenCV refuses that)
 ALIGNED_SIZE = 512
 # facexlib's FFHQ 5-point template for a 512 px crop (eyes, nose, mouth corners).
 FFHQ_TEMPLATE_512 = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
@@ -16,7 +17,7 @@ BORDER_BGR = (135, 133, 132)  # gray fill outside the photo, given in BGR order 
 def _to_rgb_uint8(image: np.ndarray, where: str) -> np.ndarray:
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):  # an empty image is refused later, as "no face"
         raise ValueError(f"{where}: expected an image of shape HxW, HxWx1, HxWx3 or HxWx4, got {tuple(image.shape)}.")
     if image.dtype != np.uint8:
         if not np.issubdtype(image.dtype, np.floating):
@@ -43,14 +44,34 @@ def to_rgb_list(images) -> list[np.ndarray]:
     return [_to_rgb_uint8(images, "image")]
 
 
+def limited_size(height: int, width: int, max_side: int = MAX_REFERENCE_SIDE) -> tuple[int, int]:
+    """(height, width) once the long side is at most `max_side`; no side drops below 1 px."""
+    if max(height, width) <= max_side:
+        return height, width
+    k = max_side / max(height, width)
+    return max(1, int(height * k)), max(1, int(width * k))
+
+
+def size_problem(height: int, width: int, max_side: int = MAX_REFERENCE_SIDE) -> str | None:
+    """Why an image of this size cannot hold a usable face (a side under MIN_FACE_SIDE px, before or after the long
+    side is limited), or None. OpenCV cannot resize a side to 0 px, which the detector would ask for."""
+    small_h, small_w = limited_size(height, width, max_side)
+    if min(small_h, small_w) >= MIN_FACE_SIDE:
+        return None
+    scaled = f" ({small_w}x{small_h} px once the long side is scaled to {max_side} px)" \
+        if (small_h, small_w) != (height, width) else ""
+    return (f"the image is {width}x{height} px{scaled}: too small or too narrow to hold a face (each side needs at "
+            f"least {MIN_FACE_SIDE} px)")
+
+
 def limit_long_side(rgb: np.ndarray, max_side: int = MAX_REFERENCE_SIDE) -> tuple[np.ndarray, float]:
     """Downscale so the long side is at most `max_side` (Lanczos, as the official pipeline); returns the scale."""
     h, w = rgb.shape[:2]
-    if max(h, w) <= max_side:
+    new_h, new_w = limited_size(h, w, max_side)
+    if (new_h, new_w) == (h, w):
         return rgb, 1.0
-    k = max_side / max(h, w)
-    new_w, new_h = int(w * k), int(h * k)
-    return cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LANCZOS4), new_w / w
+    scale = new_w / w if w >= h else new_h / h
+    return cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LANCZOS4), scale
 
 
 def ffhq_affine(kps: np.ndarray) -> np.ndarray:

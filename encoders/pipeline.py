@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .eva import EVA02_CLIP_L_336, EvaClipVision, EvaConfig, load_eva_clip
 from .faces import DEFAULT_DET_SIZES, arcface_embedding, choose_face, detect_faces, load_face_analysis
-from .images import align_face, limit_long_side, pad_for_detection, to_rgb_list
+from .images import align_face, limit_long_side, pad_for_detection, size_problem, to_rgb_list
 from .parsing import face_features_image, load_face_parser, parse_labels
 
 
@@ -79,6 +79,9 @@ class FaceEncoders:
         Here InsightFace is the only detector (its keypoints drive the alignment), so the fallback is a second
         chance for the detector instead: smaller sizes, then the image padded with the alignment gray (faces
         that fill the frame are often missed). ArcFace always runs on the keypoints that were found."""
+        problem = size_problem(*rgb.shape[:2])
+        if problem:
+            return NoFace(problem)
         small, scale = limit_long_side(rgb)
         frame = np.ascontiguousarray(small[:, :, ::-1])  # insightface and facexlib work in BGR
         faces, size = detect_faces(self.face_analysis, frame, self.det_sizes)

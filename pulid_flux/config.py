@@ -32,6 +32,10 @@ class PulidConfig:
     num_double_ca: int = 10
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not int or value <= 0:  # bool is not accepted as an int here
+                raise ValueError(f"{f.name} must be a positive integer, got {value!r}")
         if self.depth % self.num_scales:
             raise ValueError(f"depth {self.depth} must be a multiple of num_scales {self.num_scales}")
 

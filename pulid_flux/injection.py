@@ -34,12 +34,22 @@ def injection_points(n_double: int, n_single: int, cfg: PulidConfig = OFFICIAL) 
 def tokens_mask(mask: torch.Tensor, height: int, width: int, batch: int) -> torch.Tensor:
     """A mask [H,W] or [B,H,W] (any resolution, 0..1) -> per image token weights [batch, height*width, 1].
 
-    height/width are the latent token grid (latent size / 2 for Flux's 2x2 patches)."""
+    height/width are the latent token grid (latent size / 2 for Flux's 2x2 patches). Shrinking averages the mask
+    over each token's area (a small region is kept, with a weight in proportion to what it covers); growing is
+    bilinear."""
     if mask.dim() == 2:
         mask = mask[None]
     if mask.dim() != 3:
         raise ValueError(f"attn_mask must be [H,W] or [B,H,W], got {tuple(mask.shape)}")
-    m = F.interpolate(mask[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    m = mask[:, None].float()
+    for axis, size in ((2, height), (3, width)):  # one axis at a time: each shrinks or grows on its own
+        if m.shape[axis] == size:
+            continue
+        target = (size, m.shape[3]) if axis == 2 else (m.shape[2], size)
+        if m.shape[axis] > size:  # area: a white region covering part of a token counts in proportion
+            m = F.interpolate(m, size=target, mode="area")
+        else:
+            m = F.interpolate(m, size=target, mode="bilinear", align_corners=False)
     m = m.reshape(m.shape[0], height * width, 1).clamp_(0, 1)
     if m.shape[0] not in (1, batch):
         # A mask batch shorter than the latent batch repeats, as ComfyUI does for masks elsewhere.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -18,6 +19,16 @@ from .injection import add_id_attention, tokens_mask
 log = logging.getLogger(__name__)
 UNCOND_MODES = ("same", "uncond_id", "none")
 PATCH_SIZE = 2  # Flux packs 2x2 latent pixels into one token
+
+
+def check_apply_inputs(weight, start_at, end_at) -> None:
+    """The checks every Apply-like node makes on its numbers. ComfyUI's API lets NaN through its min/max checks
+    (NaN weight gives a black image, NaN start_at silently turns the identity off)."""
+    for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}.")
+    if start_at > end_at:
+        raise ValueError(f"start_at ({start_at}) must not be after end_at ({end_at}).")
 
 
 class _Shared:
@@ -48,6 +59,7 @@ class PulidApplication(_Shared):
     def __init__(self, ca: nn.ModuleList, id_tokens: torch.Tensor, uncond_tokens: torch.Tensor | None,
                  weight: float, start_at: float, end_at: float, percent_to_sigma: Callable[[float], float],
                  mask: torch.Tensor | None = None, uncond: str = "same", models: Sequence[Any] = ()):
+        check_apply_inputs(weight, start_at, end_at)
         if uncond not in UNCOND_MODES:
             raise ValueError(f"uncond must be one of {', '.join(UNCOND_MODES)}, got '{uncond}'")
         if uncond == "uncond_id" and uncond_tokens is None:
@@ -66,6 +78,7 @@ class PulidApplication(_Shared):
         self._masks: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._txt_len: int | None = None
         self._gate: tuple[Any, bool] = (None, False)
+        self._warned: set[str] = set()
 
     def models(self) -> list:
         return list(self.extra_models)
@@ -84,6 +97,7 @@ class PulidApplication(_Shared):
             self.sigma_range = self._sigma_range(sampling.percent_to_sigma)
         self._kv.clear()
         self._masks.clear()
+        self._warned.clear()
         try:
             return executor(*args, **kwargs)
         finally:  # nothing of this run (GPU tensors included) outlives it
@@ -188,7 +202,17 @@ class PulidApplication(_Shared):
         grid = self._grid(info, n_img) if self.mask is not None else None
         if grid is not None:
             token_weights, tokens = self._token_weights(img.shape[0], len(cond_or_uncond or [0]), *grid, region.device)
+            if tokens is not None and len(tokens) == 0:
+                self._warn_once("empty_mask", "PuLID-Flux: the attn_mask covers no part of the image (all black at "
+                                              "this size): this identity adds nothing.")
+                return
         self._update(region, ca_index, layout, rows, token_weights, tokens)
+
+    def _warn_once(self, what: str, message: str) -> None:
+        """One log line per sampling run (the OUTER_SAMPLE wrapper starts a new run), not one per block."""
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(message)
 
     def _update(self, region, ca_index, layout, rows, token_weights, tokens) -> None:
         """region[rows][:, tokens] += weight * CA(...); a plain in-place update when nothing is selected."""

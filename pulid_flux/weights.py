@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 
 import torch
 
@@ -38,11 +39,53 @@ def _read_safetensors_header(path: str) -> tuple[dict[str, tuple[int, ...]], dic
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise _fail(path, "the safetensors header is not valid JSON: the file is corrupt.") from None
+    if not isinstance(header, dict):
+        raise _fail(path, "the safetensors header is corrupt: it is not a table of tensors.")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _fail(path, "the safetensors header is corrupt: its metadata is not a table of strings.")
+    for key, info in header.items():
+        problem = _entry_problem(info)
+        if problem:
+            raise _fail(path, f"the safetensors header is corrupt: the entry of '{key}' {problem}.")
     end = max((info["data_offsets"][1] for info in header.values()), default=0)
     if 8 + n + end > size:
         raise _fail(path, f"the file is truncated: it has {size:,} bytes, its header describes {8 + n + end:,}.")
     return {k: tuple(v["shape"]) for k, v in header.items()}, metadata
+
+
+def _is_int(x) -> bool:
+    return type(x) is int and x >= 0
+
+
+def _entry_problem(info) -> str | None:
+    """What is wrong with one tensor entry of a safetensors header, or None."""
+    if not isinstance(info, dict):
+        return "is not an object"
+    if not isinstance(info.get("dtype"), str):
+        return "has no dtype"
+    shape = info.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        return "has no valid shape (a list of non-negative integers)"
+    offsets = info.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        return "has no valid data_offsets (begin and end, begin <= end)"
+    return None
+
+
+def torch_load_problem(error: Exception, advice: str) -> str:
+    """Why torch.load(weights_only=True) failed, in one line (same wording as encoders.checkpoint, which this
+    package does not import): a refused pickle (`advice` ends that sentence) or a truncated/broken file."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        such = f" (pickled code such as {found.group(1)})" if found else ""
+        return f"refused: it holds Python objects other than tensors{such}, which is refused for safety; {advice}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = re.split(r"(?<=[^.\s]{2})\. ", first, maxsplit=1)[0]  # torch's first sentence only
+    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return f"the file is truncated or broken ({detail}); download it again."
 
 
 def _describe_foreign(path: str, keys: list[str]) -> str | None:
@@ -81,7 +124,7 @@ def _config_from_metadata(path: str, metadata: dict[str, str]) -> PulidConfig:
     try:
         return PulidConfig.from_json(text)
     except (TypeError, ValueError) as e:
-        raise _fail(path, f"its '{CONFIG_METADATA_KEY}' metadata is invalid ({e}).") from None
+        raise _fail(path, f"corrupt file: its '{CONFIG_METADATA_KEY}' metadata is invalid ({e}).") from None
 
 
 def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], PulidConfig]:
@@ -104,8 +147,8 @@ def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], PulidConfig]:
         try:
             # weights_only: a checkpoint never gets to run code while it is read.
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-            raise _fail(path, f"it cannot be read safely as plain tensors ({str(e).splitlines()[0]}).") from None
+        except Exception as e:  # noqa: BLE001 - every reader error means the same: the file cannot be used
+            raise _fail(path, torch_load_problem(e, "use the .safetensors release.")) from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise _fail(path, "it does not hold a flat dictionary of tensors.")
         validate_keys(path, {k: tuple(v.shape) for k, v in state.items()}, OFFICIAL)

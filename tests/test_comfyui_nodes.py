@@ -1,5 +1,7 @@
 """Tier (b): the nodes inside a real ComfyUI (COMFYUI_PATH), sampling a full-width random Flux on the CPU."""
 
+import logging
+
 import pytest
 import torch
 
@@ -185,6 +187,20 @@ def test_mask_limits_the_update_and_two_identities_compose(env, monkeypatch):
     assert (sample(env, both) - out_left).abs().max() > 1e-5
 
 
+def test_mask_covering_no_token_samples_like_the_plain_model(env, caplog):
+    """An all-black mask, and a white region smaller than a token, crashed KSampler ('cannot reshape tensor of 0
+    elements'). Now: black adds nothing (bit-identical, one log line for the run); a small region counts."""
+    plain = sample(env, env.model)
+    with caplog.at_level(logging.WARNING):
+        black = sample(env, apply(env, attn_mask=torch.zeros(1, 128, 128))[0], steps=3)
+    assert torch.equal(black, sample(env, env.model, steps=3))
+    assert sum("covers no part of the image" in r.getMessage() for r in caplog.records) == 1
+    speck = torch.zeros(1, 128, 128)
+    speck[:, 0:4, 96:100] = 1  # 4x4 px between the points bilinear sampling reads (a token is 16x16 px here)
+    out = sample(env, apply(env, attn_mask=speck)[0])
+    assert torch.isfinite(out).all() and (out - plain).abs().max() > 1e-6
+
+
 def test_kontext_reference_tokens_are_untouched(env, monkeypatch):
     patch_mod = env.pack.pulid_flux.patch
     sizes = []
@@ -217,6 +233,42 @@ def test_no_face_errors_or_returns_model_unchanged(env):
     model, _ = node.apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, black, 1.0, 0.0, 1.0,
                                      on_no_face="return model unchanged")
     assert model is env.model
+
+
+def test_no_face_messages_fit_the_chosen_on_no_face(env, caplog):
+    black = torch.zeros(1, 256, 256, 3)
+    node = env.pack.nodes.ApplyPulidFlux()
+    with pytest.raises(ValueError) as e:
+        node.apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, black, 1.0, 0.0, 1.0)
+    assert "set on_no_face to 'return model unchanged'" in str(e.value)  # the way out, for who chose 'error'
+    with caplog.at_level(logging.WARNING, logger="PuLID-Flux"):
+        node.apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, black, 1.0, 0.0, 1.0,
+                              on_no_face="return model unchanged")
+    lines = [r.getMessage() for r in caplog.records if "no usable face" in r.getMessage()]
+    assert len(lines) == 1
+    assert "image 1: no face detected" in lines[0] and "set on_no_face" not in lines[0]
+    assert lines[0].endswith("on_no_face is 'return model unchanged': the model is returned without the identity.")
+
+
+@pytest.mark.parametrize("height,width", [(2, 4000), (4000, 2), (1, 1), (1, 5000)])
+def test_extreme_aspect_reference_is_no_usable_face_not_an_opencv_crash(env, height, width):
+    image = torch.full((1, height, width, 3), 0.5)
+    with pytest.raises(env.pack.comfy_support.NoFaceError) as e:
+        apply(env, image=image)
+    assert f"image 1: the image is {width}x{height} px" in str(e.value) and "too small or too narrow" in str(e.value)
+    assert apply(env, image=image, on_no_face="return model unchanged")[0] is env.model
+
+
+@pytest.mark.parametrize("name", ["weight", "start_at", "end_at"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused_naming_the_input(env, monkeypatch, name, value):
+    calls = []
+    monkeypatch.setattr(env.pack.comfy_support, "embed_references", lambda *a, **k: calls.append(1))
+    values = {**dict(weight=1.0, start_at=0.0, end_at=1.0), name: value}
+    with pytest.raises(ValueError) as e:
+        apply(env, **values)
+    assert str(e.value) == f"{name} must be a finite number, got {value}."
+    assert calls == []  # refused before any encoding
 
 
 def test_non_flux_model_is_refused(env):
@@ -291,6 +343,22 @@ def test_missing_model_files_name_the_folder_and_the_download(env, tmp_path, mon
         support.EvaModel.load()
     with pytest.raises(Exception, match="not in any models/pulid folder"):
         support.PulidModel.load("nope.safetensors")
+
+
+def test_antelopev2_in_the_wrong_folder_keeps_the_fix_line(env, tmp_path, monkeypatch):
+    from testing import encoder_fakes
+
+    support = env.pack.comfy_support
+    empty, wrong = tmp_path / "first", tmp_path / "insightface"
+    encoder_fakes.write_antelopev2(str(wrong / "antelopev2"))  # one level too high: root/antelopev2/*.onnx
+    monkeypatch.setattr(support, "_folders", lambda name: [str(empty), str(wrong)])
+    with pytest.raises(FileNotFoundError) as e:
+        support.FaceAnalysisModel.load("CPU")
+    message = str(e.value)
+    expected = str(wrong / "models" / "antelopev2")
+    assert f"found scrfd_10g_bnkps.onnx, glintr100.onnx in {wrong / 'antelopev2'}" in message
+    assert f"Fix: move the .onnx files into {expected}" in message
+    assert "huggingface" not in message and "Download" not in message  # the files exist: no download advice
 
 
 def test_eva_auto_skips_a_broken_candidate(env, tmp_path, monkeypatch):

@@ -103,6 +103,31 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_refusal_is_one_clean_line_naming_the_global(tmp_path):
+    path = fakes.write_malicious_pt(str(tmp_path / "EVA02_CLIP_L_336_psz14_s6B.pt"), str(tmp_path / "pwned.txt"))
+    with pytest.raises(EncoderModelError) as e:
+        load_eva_clip(path, config=TINY)
+    first = str(e.value).splitlines()[0]
+    assert first == ("EVA02_CLIP_L_336_psz14_s6B.pt: refused: it holds Python objects other than tensors (pickled "
+                     "code such as exec), which is refused for safety; use the original file or its "
+                     ".safetensors version.")
+    assert "\x1b" not in str(e.value) and "two options" not in str(e.value)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.01, 0.0])
+def test_truncated_pt_is_reported_as_broken_not_as_refused_code(tmp_path, files, fraction):
+    """An interrupted download of the BAAI .pt: torch's zip reader fails; that is no pickle asking for code."""
+    path = str(tmp_path / "EVA02_CLIP_L_336_psz14_s6B.pt")
+    with open(files["baai"], "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read(int(os.path.getsize(files["baai"]) * fraction)))
+    with pytest.raises(EncoderModelError) as e:
+        load_eva_clip(path, config=TINY)
+    message = str(e.value)
+    assert message.startswith("EVA02_CLIP_L_336_psz14_s6B.pt: the file is truncated or broken (")
+    assert "download it again" in message and path in message
+    assert "refused" not in message and "code" not in message
+
+
 def test_malicious_fixture_really_runs_code_when_unpickled_unsafely(tmp_path):
     marker = tmp_path / "pwned.txt"
     path = fakes.write_malicious_pt(str(tmp_path / "evil.pt"), str(marker))

@@ -163,3 +163,33 @@ def test_padded_retry_when_the_face_fills_the_frame(encoders, monkeypatch):
     monkeypatch.setattr(encoders, "pad_retry", False)
     no_face = encoders.locate(rgb)
     assert isinstance(no_face, NoFace) and "padded" not in no_face.reason
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (2, 4000), (4000, 2), (1, 5000), (5000, 1), (4000, 20), (20, 4000),
+                                          (10, 10), (0, 7)])
+def test_images_too_small_or_too_narrow_are_skipped_with_their_size(encoders, height, width):
+    """OpenCV's resize crashed on these (a side scaled to 0 px): now each is 'no usable face', with the reason."""
+    photo = cv2.resize(astronaut_rgb(), (max(width, 1), max(height, 1)), interpolation=cv2.INTER_AREA)[:height, :width]
+    for images in (photo, torch.from_numpy(photo.copy()).float()[None] / 255.0):  # numpy and ComfyUI IMAGE
+        [result] = encoders.encode(images)
+        assert isinstance(result, NoFace), (height, width)
+        assert result.reason.startswith(f"the image is {width}x{height} px")
+        assert result.reason.endswith("too small or too narrow to hold a face (each side needs at least 16 px)")
+    if max(height, width) > 1024:
+        scaled = tuple(max(1, int(round(s * 1024 / max(height, width)))) for s in (width, height))
+        assert f"({scaled[0]}x{scaled[1]} px once the long side is scaled to 1024 px)" in result.reason
+
+
+@pytest.mark.parametrize("height,width", [(64, 2000), (2000, 64), (16, 16), (40, 1024)])
+def test_narrow_but_usable_images_go_through_detection(encoders, height, width):
+    photo = cv2.resize(astronaut_rgb(), (width, height), interpolation=cv2.INTER_AREA)
+    [result] = encoders.encode(photo)
+    assert result.ok or result.reason.startswith("no face detected")
+
+
+def test_detector_sizes_that_would_shrink_a_side_to_nothing_are_skipped(encoders):
+    from encoders.faces import detect_faces
+
+    strip = np.full((1, 1024, 3), 128, np.uint8)  # insightface would resize it to 640x0 px
+    assert detect_faces(encoders.face_analysis, strip) == ([], None)
+    assert detect_faces(encoders.face_analysis, np.ascontiguousarray(strip.transpose(1, 0, 2))) == ([], None)

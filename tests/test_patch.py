@@ -7,7 +7,7 @@ import torch
 from mini_flux import MiniFlux
 from pulid_flux import TINY, PulidFlux, injection_points
 from testing.pulid_fakes import random_state_dict
-from pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper
+from pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper, check_apply_inputs
 
 SHIFTED = lambda p: 1.0 if p <= 0 else (0.0 if p >= 1 else 1.0 - p)  # a simple monotone schedule
 
@@ -262,3 +262,58 @@ def test_keys_values_are_computed_once_per_run(pulid):
     finally:
         type(pulid.pulid_ca[0]).id_kv = orig
     assert len(calls) == 4  # 2 double + 2 single injection points, once each for three steps
+
+
+def test_apply_inputs_must_be_finite_and_ordered(pulid):
+    check_apply_inputs(1.0, 0.0, 1.0)
+    check_apply_inputs(-1, 0.5, 0.5)
+    for name, values in (("weight", (float("nan"), 0.0, 1.0)), ("start_at", (1.0, float("nan"), 1.0)),
+                         ("end_at", (1.0, 0.0, float("inf"))), ("weight", (float("-inf"), 0.0, 1.0))):
+        bad = values[("weight", "start_at", "end_at").index(name)]
+        with pytest.raises(ValueError) as e:
+            check_apply_inputs(*values)
+        assert str(e.value) == f"{name} must be a finite number, got {bad}."
+        with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+            app_for(pulid, id_tokens(1), *values)  # any Apply-like node building the patch gets the same check
+    with pytest.raises(ValueError, match=r"^start_at \(0.6\) must not be after end_at \(0.4\)"):
+        check_apply_inputs(1.0, 0.6, 0.4)
+
+
+def test_a_region_smaller_than_a_token_counts_in_proportion(pulid):
+    """Area scaling to the token grid: a 4x4 px white square in a 64x64 mask covers 1/16 of one 16x16 px token
+    (bilinear point sampling missed it entirely: no token selected, and sampling crashed)."""
+    from pulid_flux import tokens_mask
+
+    flux = MiniFlux(n_double=3, n_single=5)
+    x, ctx = inputs(h=8, w=8)  # 4x4 tokens
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 20:24, 36:40] = 1  # inside token (row 1, col 2)
+    expected = torch.zeros(1, 16, 1)
+    expected[0, 1 * 4 + 2, 0] = 16 / 256
+    assert torch.equal(tokens_mask(mask, 4, 4, 1), expected)
+    tokens = id_tokens(14)
+    got = run(flux, x, ctx, 0.5, patch_options(flux, app_for(pulid, tokens, 0.9, mask=mask)))
+    want = reference(flux, pulid, x, ctx, 0.5, tokens, 0.9, token_weights=expected)
+    assert (got - want).abs().max() < 1e-5 and (got - run(flux, x, ctx, 0.5, {})).abs().max() > 1e-4
+    # soft and uneven: every mask pixel weighs in proportion to the area it covers
+    soft = torch.rand(2, 24, 40, generator=torch.Generator().manual_seed(0))
+    weights = tokens_mask(soft, 4, 5, 2)
+    assert torch.allclose(weights, soft.reshape(2, 4, 6, 5, 8).mean((2, 4)).reshape(2, 20, 1), atol=1e-6)
+    # enlarging (a mask smaller than the grid) still interpolates
+    small = torch.tensor([[0.0, 1.0]])
+    assert torch.allclose(tokens_mask(small, 1, 4, 1).flatten(), torch.tensor([0.0, 0.25, 0.75, 1.0]))
+
+
+def test_mask_covering_no_token_adds_nothing_and_logs_once(pulid, caplog):
+    import logging
+
+    flux = MiniFlux(n_double=3, n_single=5)
+    x, ctx = inputs(batch=2, h=8, w=8)
+    app = app_for(pulid, id_tokens(15), mask=torch.zeros(1, 64, 64))
+    opts = patch_options(flux, app)
+    with caplog.at_level(logging.WARNING):
+        for sigma in (0.9, 0.5, 0.1):
+            assert torch.equal(run(flux, x, ctx, sigma, opts), run(flux, x, ctx, sigma, {}))
+    lines = [r.getMessage() for r in caplog.records if "attn_mask" in r.getMessage()]
+    assert lines == ["PuLID-Flux: the attn_mask covers no part of the image (all black at this size): this "
+                     "identity adds nothing."]

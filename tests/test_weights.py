@@ -159,7 +159,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
     path = str(tmp_path / "pulid_flux.pt")
     torch.save({"pulid_encoder.latents": Evil()}, path)
-    with pytest.raises(PulidWeightsError, match="safely"):
+    with pytest.raises(PulidWeightsError, match="refused"):
         load_pulid_flux(path)
     assert not marker.exists()
 
@@ -169,3 +169,81 @@ def test_bad_metadata_config(tmp_path):
     save_file(random_state_dict(TINY), path, metadata={"pulid_config": json.dumps({"nonsense": 1})})
     with pytest.raises(PulidWeightsError, match="metadata is invalid"):
         load_pulid_flux(path)
+
+
+def _write_header(path, header: dict, data: bytes = b"\0" * 64):
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + data)
+    return path
+
+
+@pytest.mark.parametrize("entry", [
+    {"dtype": "F32", "shape": [4]},                                   # no data_offsets
+    {"shape": [4], "data_offsets": [0, 16]},                          # no dtype
+    {"dtype": "F32", "data_offsets": [0, 16]},                        # no shape
+    {"dtype": "F32", "shape": [4], "data_offsets": [0]},              # one offset
+    {"dtype": "F32", "shape": [4], "data_offsets": ["0", "16"]},      # offsets not ints
+    {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]},          # end before begin
+    {"dtype": "F32", "shape": "4", "data_offsets": [0, 16]},          # shape not a list
+    {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]},         # negative dimension
+    {"dtype": 7, "shape": [4], "data_offsets": [0, 16]},              # dtype not a string
+    "not an object",
+], ids=["no-offsets", "no-dtype", "no-shape", "one-offset", "str-offsets", "reversed", "str-shape", "neg-dim",
+        "int-dtype", "str-entry"])
+def test_header_entries_missing_or_mistyped_name_the_corrupt_file(tmp_path, entry):
+    path = _write_header(str(tmp_path / "pulid_flux_v0.9.1.safetensors"), {"pulid_encoder.latents": entry})
+    with pytest.raises(PulidWeightsError, match="corrupt") as e:
+        load_pulid_flux(path)
+    assert path in _msg(e) and "pulid_encoder.latents" in _msg(e)
+
+
+@pytest.mark.parametrize("header", [[1, 2, 3], {"__metadata__": "x"}, {"__metadata__": {"pulid_config": 5}}],
+                         ids=["list", "str-metadata", "int-metadata-value"])
+def test_header_that_is_not_a_tensor_table_names_the_corrupt_file(tmp_path, header):
+    path = _write_header(str(tmp_path / "pulid_flux.safetensors"), header)
+    with pytest.raises(PulidWeightsError, match="corrupt") as e:
+        load_pulid_flux(path)
+    assert path in _msg(e)
+
+
+@pytest.mark.parametrize("change", [{"num_scales": 0}, {"num_scales": -5}, {"num_scales": 2.5}, {"depth": 0},
+                                    {"heads": True}, {"num_scales": "5"}, {"double_interval": 0}, {"dim": None}],
+                         ids=["zero-scales", "neg-scales", "float-scales", "zero-depth", "bool-heads", "str-scales",
+                              "zero-interval", "none-dim"])
+def test_bad_config_metadata_values_are_a_corrupt_file(tmp_path, change):
+    import dataclasses
+
+    path = str(tmp_path / "p.safetensors")
+    config = dict(dataclasses.asdict(TINY), **change)
+    save_file(random_state_dict(TINY), path, metadata={"pulid_config": json.dumps(config)})
+    with pytest.raises(PulidWeightsError, match="corrupt file: its 'pulid_config' metadata is invalid") as e:
+        load_pulid_flux(path)
+    assert path in _msg(e) and next(iter(change)) in _msg(e)
+
+
+def test_truncated_pt_is_reported_as_broken_not_as_code(tmp_path):
+    path = str(tmp_path / "pulid_flux.pt")
+    torch.save(random_state_dict(TINY, dtype=torch.float32), path)
+    data = open(path, "rb").read()
+    for size in (len(data) // 2, 100, 0):
+        open(path, "wb").write(data[:size])
+        with pytest.raises(PulidWeightsError) as e:
+            load_pulid_flux(path)
+        assert "the file is truncated or broken" in _msg(e) and "download it again" in _msg(e), size
+        assert "safely" not in _msg(e) and "code" not in _msg(e) and path in _msg(e)
+
+
+def test_pickle_refusal_is_one_clean_line_naming_the_global(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("hi",))
+
+    path = str(tmp_path / "pulid_flux.pt")
+    torch.save({"pulid_encoder.latents": Evil()}, path)
+    with pytest.raises(PulidWeightsError) as e:
+        load_pulid_flux(path)
+    first = _msg(e).splitlines()[0]
+    assert first == ("pulid_flux.pt: refused: it holds Python objects other than tensors (pickled code such as "
+                     "print), which is refused for safety; use the .safetensors release.")
+    assert "\x1b" not in _msg(e) and "two options" not in _msg(e)
