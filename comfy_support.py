@@ -95,6 +95,22 @@ class PulidModel:
         dtype = compute_dtype(mm.get_torch_device())
         return cls(file_name, model, managed(model.pulid_encoder, dtype), managed(model.pulid_ca, dtype))
 
+    def uncond_tokens(self) -> torch.Tensor:
+        """The official uncond ID embedding [1,32,2048] float32 CPU (the ID encoder on zeros: it depends only on
+        the PuLID model), computed once per loaded model."""
+        cached = self.__dict__.get("_uncond_tokens")
+        if cached is None:
+            cfg = self.model.cfg
+            mm.load_models_gpu([self.encoder])
+            try:
+                encoder = self.encoder.model.inner
+                zeros = [torch.zeros(1, 1 + (336 // 14) ** 2, cfg.vit_dim)] * cfg.num_scales
+                cached = encode_uncond_id(encoder, torch.zeros(1, cfg.id_cond_dim), zeros).float().cpu()
+            finally:
+                offload(self.encoder)
+            self.__dict__["_uncond_tokens"] = cached
+        return cached
+
 
 @dataclass(eq=False)
 class EvaModel:
@@ -187,6 +203,7 @@ class Embedding:
     preview: torch.Tensor          # IMAGE [N,512,1024,3]: aligned | parsed, one row per face used
     used: list[int]                # indices of the reference images that had a face
     skipped: dict[int, str]        # index -> why not
+    arcface: torch.Tensor | None = None  # [N,512] raw ArcFace of each used reference (identities keep it)
 
 
 _cache: OrderedDict[tuple, Embedding] = OrderedDict()
@@ -251,7 +268,7 @@ def embed_references(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel,
             id_tokens=fuse_id_tokens(tokens.float(), fusion).cpu(),
             uncond_tokens=encode_uncond_id(encoder, id_cond, hidden).float().cpu(),
             preview=torch.stack([torch.from_numpy(np.concatenate([r.aligned, r.parsed], axis=1)) for r in ok]) / 255.0,
-            used=used, skipped=skipped)
+            used=used, skipped=skipped, arcface=id_cond[:, :512].float().cpu())
     finally:
         offload(*patchers)
     _cache[key] = embedding
