@@ -220,3 +220,28 @@ def test_encode_identity_shares_the_embedding_cache(env, monkeypatch):
     env.pack.nodes.ApplyPulidFlux().apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, env.image, 0.5, 0.0, 1.0)
     assert calls == [] and identity.meta["references"] == "1"
     assert np.isclose(float(identity.arcface.norm()), 1.0)
+
+
+def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from skimage import data
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    out = tmp_path / "cli.safetensors"
+    models = os.path.dirname(os.path.dirname(env.identities))
+    cmd = [sys.executable, "-m", "pulid_tools", "identity", "--face", str(photo), "--models", models, "--out", str(out)]
+    result = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out) and "6/6" in result.stderr  # tqdm: 4 models, 1 photo, ID encoder
+    cli = env.pack.pulid_flux.identity.load_identity(str(out))
+    node, _ = encode(env)
+    for name in ("id_tokens", "uncond_tokens", "arcface", "preview"):
+        assert torch.equal(getattr(cli, name), getattr(node, name)), name
+    for key in ("pulid_file", "pulid_fingerprint", "fusion", "use_gray", "references", "format"):
+        assert cli.meta[key] == node.meta[key], key
+    again = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "exists: choose another name or add --overwrite" in again.stderr
