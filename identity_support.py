@@ -7,6 +7,8 @@ import logging
 import os
 import weakref
 
+import torch
+
 import comfy.model_base
 import comfy.patcher_extension
 import folder_paths
@@ -85,7 +87,8 @@ def encode_identity(pulid, eva, faces, image, fusion="mean", face_order="largest
     emb = support.embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
     for i, why in emb.skipped.items():
         log.warning("PuLID-Flux: reference image %d skipped: %s", i + 1, why)
-    identity = build_identity(emb.id_tokens, pulid.uncond_tokens(), emb.arcface, emb.preview,
+    arcface = emb.arcface if emb.arcface is not None else torch.zeros(len(emb.used), 512)  # unknown: scores 0
+    identity = build_identity(emb.id_tokens, pulid.uncond_tokens(), arcface, emb.preview,
                               pulid_file=pulid.name, pulid_fingerprint=pulid_fingerprint(pulid), fusion=fusion,
                               face_order=face_order, face_index=face_index, use_gray=use_gray,
                               references=len(emb.used))
@@ -153,7 +156,6 @@ def face_similarity(faces, images, identity: Identity | None = None, reference=N
     """(scores, report text, best index, annotated IMAGE batch) for the generated IMAGE batch, against the
     identity's mean ArcFace or the reference photo(s)' (one of the two must be given)."""
     import numpy as np
-    import torch
 
     from .encoders import similarity
 
