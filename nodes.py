@@ -6,8 +6,6 @@ import logging
 
 import torch
 
-import folder_paths
-
 from . import comfy_support as support
 from . import identity_support as ids
 from .encoders import FACE_ORDERS
