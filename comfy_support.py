@@ -224,6 +224,7 @@ class Embedding:
     preview: torch.Tensor          # IMAGE [N,512,1024,3]: aligned | parsed, one row per face used
     used: list[int]                # indices of the reference images that had a face
     skipped: dict[int, str]        # index -> why not
+    arcface: torch.Tensor | None = None  # [N,512] raw ArcFace of each used reference (identities keep it)
 
 
 _cache: OrderedDict[tuple, Embedding] = OrderedDict()
@@ -295,7 +296,7 @@ def embed_references(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel,
         embedding = Embedding(
             id_tokens=fuse_id_tokens(tokens.float(), fusion).cpu(),
             preview=torch.stack([torch.from_numpy(np.concatenate([r.aligned, r.parsed], axis=1)) for r in ok]) / 255.0,
-            used=used, skipped=skipped)
+            used=used, skipped=skipped, arcface=id_cond[:, :512].float().cpu())
     finally:
         offload(*patchers)
     _cache[key] = embedding

@@ -6,18 +6,14 @@ import logging
 
 import torch
 
-import comfy.model_base
-import comfy.patcher_extension
-import folder_paths
-
 from . import comfy_support as support
+from . import identity_support as ids
 from .encoders import FACE_ORDERS
-from .pulid_flux import FUSION_MODES, injection_points
-from .pulid_flux.patch import UNCOND_MODES, IdBlockPatch, PulidApplication, SharedWrapper, check_apply_inputs
+from .pulid_flux import FUSION_MODES
+from .pulid_flux.patch import UNCOND_MODES
 
 log = logging.getLogger("PuLID-Flux")
 CATEGORY = "pulid_flux"
-WRAPPER_KEY = "pulid_flux"
 ON_NO_FACE = ("error", "return model unchanged")
 
 support.register_model_folders()
@@ -26,7 +22,7 @@ support.register_model_folders()
 class PulidFluxModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"pulid_file": (folder_paths.get_filename_list("pulid"), {
+        return {"required": {"pulid_file": (ids.pulid_model_files(), {
             "tooltip": "PuLID-Flux weights in models/pulid (pulid_flux_v0.9.1.safetensors or v0.9.0)."})}}
 
     RETURN_TYPES = ("PULIDFLUX",)
@@ -66,16 +62,6 @@ class PulidFluxEvaClipLoader:
 
     def load_eva_clip(self, eva_file="auto"):
         return (support.EvaModel.load(eva_file),)
-
-
-def check_flux(model) -> tuple[int, int]:
-    base = model.model
-    radiance = getattr(comfy.model_base, "ChromaRadiance", ())
-    dm = getattr(base, "diffusion_model", None)
-    if not isinstance(base, comfy.model_base.Flux) or isinstance(base, radiance) or not hasattr(dm, "single_blocks"):
-        raise ValueError(f"ApplyPulidFlux needs a FLUX.1 model (dev, schnell, Krea, Kontext) or Chroma; got "
-                         f"{type(base).__name__}. Connect the MODEL output of a Flux checkpoint/UNet loader.")
-    return len(dm.double_blocks), len(dm.single_blocks)
 
 
 class ApplyPulidFlux:
@@ -124,37 +110,16 @@ class ApplyPulidFlux:
     def apply_pulid_flux(self, model, pulid_flux, eva_clip, face_analysis, image, weight, start_at, end_at,
                          attn_mask=None, fusion="mean", face_order="largest", face_index=0, use_gray=True,
                          uncond="same", on_no_face="error"):
-        n_double, n_single = check_flux(model)
-        hidden = getattr(model.model.diffusion_model, "hidden_size", pulid_flux.model.cfg.img_dim)
-        if hidden != pulid_flux.model.cfg.img_dim:
-            raise ValueError(f"This Flux model has hidden size {hidden}; {pulid_flux.name} is made for "
-                             f"{pulid_flux.model.cfg.img_dim}.")
-        check_apply_inputs(weight, start_at, end_at)
-        points = injection_points(n_double, n_single, pulid_flux.model.cfg)
-        try:
-            emb = support.embed_references(pulid_flux, eva_clip, face_analysis, image, fusion, face_order,
-                                           face_index, use_gray)
+        ids.check_model(model, pulid_flux, weight, start_at, end_at)
+        try:  # one code path with the identity nodes: encode an identity, then apply it
+            identity, emb = ids.encode_identity(pulid_flux, eva_clip, face_analysis, image, fusion, face_order,
+                                                face_index, use_gray)
         except support.NoFaceError as e:
             if on_no_face == "error":
                 raise
             log.warning("%s on_no_face is '%s': the model is returned without the identity.", e.summary, on_no_face)
             return (model, torch.zeros(1, 64, 128, 3))
-        for i, why in emb.skipped.items():
-            log.warning("PuLID-Flux: reference image %d skipped: %s", i + 1, why)
-
-        uncond_tokens = pulid_flux.uncond_tokens() if uncond == "uncond_id" else None
-        app = PulidApplication(pulid_flux.model.pulid_ca, emb.id_tokens, uncond_tokens, weight, start_at,
-                               end_at, model.get_model_object("model_sampling").percent_to_sigma,
-                               mask=attn_mask, uncond=uncond, models=[pulid_flux.ca])
-        patched = model.clone()
-        dit = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-        for (kind, i), ca_index in points.items():
-            patch = IdBlockPatch(app, ca_index, kind.split("_")[0], dit.get((kind, i)))
-            patched.set_model_patch_replace(patch, "dit", kind, i)
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
-                                     SharedWrapper(app.outer_sample))
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                     SharedWrapper(app.diffusion_model))
+        patched = ids.apply_identity(model, pulid_flux, identity, weight, start_at, end_at, attn_mask, uncond)
         return (patched, emb.preview)
 
 

@@ -1,4 +1,4 @@
-"""python -m pulid_tools {queue,doctor} ... (run from the pack's folder)."""
+"""python -m pulid_tools {queue,doctor,identity} ... (run from the pack's folder)."""
 from __future__ import annotations
 
 import argparse
@@ -19,9 +19,16 @@ def main(argv=None) -> int:
     doctor.add_arguments(commands.add_parser(
         "doctor", help="check the model files and encoders of a ComfyUI install", description=doctor.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
+    from . import identity_cli
+
+    identity_cli.add_arguments(commands.add_parser(
+        "identity", help="encode a person's identity file from photos (no ComfyUI running)",
+        description=identity_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "queue":
         return client.run(args)
+    if args.command == "identity":
+        return identity_cli.run(args)
     return doctor.run(args)
 
 

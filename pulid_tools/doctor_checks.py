@@ -122,8 +122,8 @@ def check_pulid(folders: ModelFolders, pulid_flux) -> tuple[Finding, object]:
     looked = folders.get("pulid")
     for folder in looked:
         for rel in list_files(folder, PT_EXTENSIONS) if os.path.isdir(folder) else []:
-            if _is_eva_name(rel):
-                continue  # EVA-CLIP may live here too; checked with EVA-CLIP
+            if _is_eva_name(rel) or rel.startswith("identities/"):
+                continue  # EVA-CLIP may live here too (checked with EVA-CLIP); identities are not weights
             path = os.path.join(folder, rel)
             try:
                 state, cfg = pulid_flux.read_state_dict(path)

@@ -16,7 +16,8 @@ CORE_DEFAULTS = {
     "vae": ("vae",),
     "checkpoints": ("checkpoints",),
 }
-PACK_DEFAULTS = {"pulid": "pulid", "insightface": "insightface", "facexlib": "facexlib"}
+PACK_DEFAULTS = {"pulid": "pulid", "insightface": "insightface", "facexlib": "facexlib",
+                 "pulid_identities": "pulid/identities"}
 LEGACY_NAMES = {"unet": "diffusion_models", "clip": "text_encoders"}  # folder_paths.map_legacy
 YAML_NAME = "extra_model_paths.yaml"
 
@@ -86,11 +87,13 @@ def read_extra_model_paths(yaml_path: str) -> list[tuple[str, str, bool]]:
     return entries
 
 
-def resolve(comfyui: str, base_directory: str | None = None, extra_configs=()) -> ModelFolders:
+def resolve(comfyui: str, base_directory: str | None = None, extra_configs=(), models_dir: str | None = None) -> ModelFolders:
     """Folders of a ComfyUI at `comfyui` (its root, where main.py and extra_model_paths.yaml are), started with
-    `--base-directory` (models under it instead) and `--extra-model-paths-config` files if given."""
+    `--base-directory` (models under it instead) and `--extra-model-paths-config` files if given; `models_dir`
+    names the models folder directly (any name)."""
     comfyui = os.path.abspath(comfyui)
-    models_dir = os.path.join(os.path.abspath(base_directory or comfyui), "models")
+    models_dir = os.path.abspath(models_dir) if models_dir else os.path.join(os.path.abspath(base_directory or comfyui),
+                                                                           "models")
     result = ModelFolders(comfyui, models_dir)
     for name, subdirs in CORE_DEFAULTS.items():
         for sub in subdirs:
@@ -104,7 +107,7 @@ def resolve(comfyui: str, base_directory: str | None = None, extra_configs=()) -
             result.add(name, path, first=is_default)
     result.yaml_files = yaml_files
     for name, sub in PACK_DEFAULTS.items():  # comfy_support.register_model_folders: appended after the YAML's
-        result.add(name, os.path.join(models_dir, sub))
+        result.add(name, os.path.join(models_dir, *sub.split("/")))
     return result
 
 

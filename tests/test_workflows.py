@@ -26,11 +26,19 @@ API_FILES = sorted(glob.glob(os.path.join(REPO, "examples", "api", "*.json")))
 COMPAT_FILES = sorted(glob.glob(os.path.join(os.path.dirname(REPO), "shared", "compat", "*.json")))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 GGUF_NODES = {"UnetLoaderGGUF", "DualCLIPLoaderGGUF"}  # city96/ComfyUI-GGUF, used by one of balazik's workflows
-FILE_INPUTS = {"unet_name", "clip_name1", "clip_name2", "vae_name", "pulid_file", "eva_file", "image"}
+FILE_INPUTS = {"unet_name", "clip_name1", "clip_name2", "vae_name", "pulid_file", "eva_file", "image", "identity_file"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CORE_EXTRAS = ("nodes_mask.py", "nodes_flux.py", "nodes_sd3.py", "nodes_custom_sampler.py")
 STUBBED_PACK = "pulid_pack_with_stubbed_comfyui"
+
+
+# The model files each node type needs (an identity graph without Encode needs no EVA-CLIP or BiSeNet).
+LOADER_MODELS = {"UNETLoader": (catalog.FLUX_DEV,), "DualCLIPLoader": (catalog.T5XXL, catalog.CLIP_L),
+                 "VAELoader": (catalog.FLUX_VAE,), "PulidFluxModelLoader": (catalog.PULID,),
+                 "PulidFluxEvaClipLoader": (catalog.EVA_CLIP,),
+                 "PulidFluxInsightFaceLoader": (catalog.DETECTOR, catalog.RECOGNIZER),
+                 "ApplyPulidFlux": (catalog.PARSER,), "PulidFluxEncodeIdentity": (catalog.PARSER,)}
 
 
 def names(paths):
@@ -280,8 +288,9 @@ def ui_to_api(wf, defs):
 # --- tests --------------------------------------------------------------------------------------------
 def test_the_examples_exist_in_both_formats():
     assert names(UI_FILES) == names(API_FILES) == [
-        "pulid_flux_basic.json", "pulid_flux_multi_reference.json", "pulid_flux_true_cfg.json",
-        "pulid_flux_two_people.json"]
+        "pulid_flux_basic.json", "pulid_flux_identity_best_of_n.json", "pulid_flux_identity_blend.json",
+        "pulid_flux_identity_encode_save.json", "pulid_flux_identity_load_apply.json",
+        "pulid_flux_multi_reference.json", "pulid_flux_true_cfg.json", "pulid_flux_two_people.json"]
 
 
 @pytest.mark.parametrize("path", UI_FILES + COMPAT_FILES, ids=names(UI_FILES + COMPAT_FILES))
@@ -290,7 +299,7 @@ def test_ui_workflow_matches_the_node_definitions(path, defs):
     with open(path, encoding="utf-8") as f:
         wf = json.load(f)
     assert check_ui_workflow(wf, definitions, core_known, allow_unknown=GGUF_NODES) == []
-    assert any(n["type"] == "ApplyPulidFlux" for n in wf["nodes"])
+    assert any(n["type"] in ("ApplyPulidFlux", "PulidFluxEncodeIdentity", "PulidFluxApplyIdentity") for n in wf["nodes"])
 
 
 def test_balazik_workflows_are_present_and_keep_their_apply_values(defs):
@@ -340,7 +349,8 @@ def test_workflow_names_every_model_file_for_the_missing_model_dialog(path):
                 assert entry["name"] in node["widgets_values"], (node["type"], entry["name"])
     expected = [m.as_workflow_entry() for m in catalog.ALL_MODELS]
     assert all(e in expected for e in entries)
-    assert all(e in entries for e in expected)
+    needed = [m.as_workflow_entry() for node in wf["nodes"] for m in LOADER_MODELS.get(node["type"], ())]
+    assert needed and all(e in entries for e in needed)  # every file the graph's loaders need is named
 
 
 def test_readme_lists_every_model_file_and_the_commands():

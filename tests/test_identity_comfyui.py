@@ -1,0 +1,247 @@
+"""Tier (b): the identity nodes inside a real ComfyUI (COMFYUI_PATH), sampling a full-width random Flux on the CPU.
+Save -> load -> Apply identity is bit-identical to ApplyPulidFlux; Apply identity loads no encoder."""
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import comfy_harness as H
+
+pytestmark = pytest.mark.comfyui
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    folder_paths = H.import_comfyui()
+    root = tmp_path_factory.mktemp("comfy_identity")
+    models = str(root / "models")
+    H.write_models(models)
+    H.register_folders(folder_paths, models)
+    identities = os.path.join(models, "pulid", "identities")
+    folder_paths.add_model_folder_path("pulid_identities", identities, is_default=True)  # never ComfyUI's own tree
+    pack = H.import_pack(str(root))
+    import nodes as comfy_nodes
+
+    class Env:
+        pass
+
+    e = Env()
+    e.pack, e.comfy_nodes, e.folder_paths, e.identities = pack, comfy_nodes, folder_paths, identities
+    e.model = comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "default")[0]
+    n = pack.nodes
+    e.pulid = n.PulidFluxModelLoader().load_model("pulid_flux_v0.9.1.safetensors")[0]
+    e.eva = n.PulidFluxEvaClipLoader().load_eva_clip()[0]
+    e.faces = n.PulidFluxInsightFaceLoader().load_insightface("CPU")[0]
+    e.image = H.face_photo()
+    e.positive, e.negative = H.flux_conditioning(0), H.flux_conditioning(1)
+    e.N = pack.NODE_CLASS_MAPPINGS
+    return e
+
+
+def sample(env, model, cfg=1.0, seed=3, steps=2):
+    latent = {"samples": torch.zeros(1, 16, 16, 16)}
+    return env.comfy_nodes.common_ksampler(model, seed, steps, cfg, "euler", "simple", env.positive, env.negative,
+                                           latent, denoise=1.0)[0]["samples"]
+
+
+def encode(env, image=None, **kw):
+    return env.N["PulidFluxEncodeIdentity"]().encode(env.pulid, env.eva, env.faces,
+                                                     env.image if image is None else image, **kw)
+
+
+def saved_and_loaded(env, name, identity, overwrite=True):
+    env.N["PulidFluxSaveIdentity"]().save(identity, name, overwrite)
+    return env.N["PulidFluxLoadIdentity"]().load(name + ".safetensors")
+
+
+def apply_identity(env, identity, model=None, **kw):
+    args = dict(weight=1.0, start_at=0.0, end_at=1.0)
+    args.update(kw)
+    return env.N["PulidFluxApplyIdentity"]().apply(model or env.model, env.pulid, identity, **args)[0]
+
+
+def test_the_contracts_node_names_and_type(env):
+    assert set(env.N) >= {"PulidFluxEncodeIdentity", "PulidFluxApplyIdentity", "PulidFluxSaveIdentity",
+                          "PulidFluxLoadIdentity", "PulidFluxBlendIdentities", "PulidFluxFaceSimilarity"}
+    assert list(env.N["PulidFluxLoadIdentity"].INPUT_TYPES()["required"]) == ["identity_file"]
+    assert env.N["PulidFluxEncodeIdentity"].RETURN_TYPES[0] == "PULIDFLUX_IDENTITY"
+    assert env.N["PulidFluxFaceSimilarity"].OUTPUT_NODE and env.N["PulidFluxSaveIdentity"].OUTPUT_NODE
+    for name in [k for k in env.N if k.startswith("PulidFlux") and "Loader" not in k] + ["ApplyPulidFlux"]:
+        cls = env.N[name]
+        assert cls.CATEGORY == "pulid_flux"
+        for section in cls.INPUT_TYPES().values():
+            for inp, spec in section.items():
+                assert spec[1].get("tooltip"), (name, inp)
+        assert len(getattr(cls, "OUTPUT_TOOLTIPS", ())) == len(cls.RETURN_TYPES), name
+
+
+@pytest.mark.parametrize("cfg,uncond", [(1.0, "same"), (3.0, "uncond_id")])
+def test_save_load_apply_identity_is_bit_identical_to_apply_pulid_flux(env, cfg, uncond):
+    identity, preview = encode(env)
+    loaded, loaded_preview = saved_and_loaded(env, "astronaut", identity)
+    assert loaded.source.startswith(env.identities) and loaded_preview.shape == (1, 128, 256, 3)
+    direct = env.pack.nodes.ApplyPulidFlux().apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, env.image,
+                                                                1.0, 0.1, 0.9, uncond=uncond)
+    reference = sample(env, direct[0], cfg=cfg)
+    via_file = sample(env, apply_identity(env, loaded, start_at=0.1, end_at=0.9, uncond=uncond), cfg=cfg)
+    assert torch.equal(via_file, reference)
+    assert (reference - sample(env, env.model, cfg=cfg)).abs().max() > 1e-4  # the identity does act
+    assert torch.equal(direct[1], preview)
+
+
+def test_identity_uncond_tokens_are_the_embeddings_uncond_tokens(env):
+    support = env.pack.comfy_support
+    emb = support.embed_references(env.pulid, env.eva, env.faces, env.image, "mean", "largest", 0, True)
+    assert torch.equal(env.pulid.uncond_tokens(), emb.uncond_tokens)
+    assert env.pulid.uncond_tokens() is env.pulid.uncond_tokens()  # cached once per model
+    identity, _ = encode(env)
+    assert torch.equal(identity.id_tokens, emb.id_tokens)
+    assert torch.allclose(identity.arcface, torch.nn.functional.normalize(emb.arcface, dim=-1), atol=0)
+
+
+def test_apply_identity_loads_no_encoder(env, monkeypatch):
+    import comfy.model_management as mm
+
+    identity, _ = saved_and_loaded(env, "astronaut_no_encoders", encode(env)[0])
+    mm.unload_all_models()
+    asked = []
+    real = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, *a, **k: (asked.extend(models), real(models, *a, **k))[1])
+    patched = apply_identity(env, identity)
+    seen = []
+
+    def probe(args, extra):
+        seen.extend(loaded.model for loaded in mm.current_loaded_models if loaded.model is not None)
+        return inner(args, extra)
+
+    probed = patched.clone()
+    inner = probed.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)]
+    probed.set_model_patch_replace(probe, "dit", "double_block", 0)
+    probed.set_additional_models("pulid_probe", [env.pulid.ca])
+    sample(env, probed)
+    encoders = [env.eva.patcher, env.pulid.encoder] + list(env.pack.comfy_support._parsers.values())
+    assert len(encoders) == 3
+    assert seen and any(m is env.pulid.ca for m in seen)  # the cross-attentions are loaded while sampling
+    for m in encoders:
+        assert not any(m is s for s in seen) and not any(m is a for a in asked)
+        assert not any(loaded.model is m for loaded in mm.current_loaded_models)
+
+
+def test_another_pulid_file_warns_and_wrong_shapes_refuse(env, caplog):
+    identity, _ = encode(env)
+    other = type(identity)(identity.id_tokens, identity.uncond_tokens, identity.arcface, identity.preview,
+                           dict(identity.meta, pulid_file="pulid_flux_v0.9.0.safetensors", pulid_fingerprint="0" * 32),
+                           source="/x/bob.safetensors")
+    with caplog.at_level(logging.WARNING, logger="PuLID-Flux"):
+        apply_identity(env, other)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "bob.safetensors was made with pulid_flux_v0.9.0.safetensors" in text
+    assert "Load pulid_flux_v0.9.0.safetensors in Load PuLID-Flux Model, or encode the identity again" in text
+    narrow = type(identity)(identity.id_tokens[..., :64], identity.uncond_tokens[..., :64], identity.arcface,
+                            identity.preview, identity.meta, source="/x/narrow.safetensors")
+    with pytest.raises(ValueError, match=r"narrow.safetensors: its ID tokens \[1, 32, 64\] do not fit"):
+        apply_identity(env, narrow)
+
+
+def test_blend_node_endpoints_and_midpoint(env):
+    a, _ = encode(env)
+    flipped = torch.flip(env.image, dims=[2]).contiguous()
+    b, _ = encode(env, image=flipped)
+    blend = env.N["PulidFluxBlendIdentities"]().blend
+    assert blend(a, b, 0.0)[0] is a and blend(a, b, 1.0)[0] is b
+    assert torch.equal(blend(a, b, 0.5)[0].id_tokens, (a.id_tokens + b.id_tokens) / 2)
+    out_a = sample(env, apply_identity(env, blend(a, b, 0.0)[0]))
+    assert torch.equal(out_a, sample(env, apply_identity(env, a)))
+
+
+def test_face_similarity_node(env):
+    identity, _ = encode(env)
+    black = torch.zeros_like(env.image)
+    node = env.N["PulidFluxFaceSimilarity"]()
+    out = node.score(env.faces, torch.cat([black, env.image]), identity=identity)
+    values = out["ui"]["pulid_similarity"]
+    assert len(values) == 2 and values[0] == 0.0 and abs(values[1] - 1.0) < 1e-6
+    scores, text, best, best_image, annotated = out["result"]
+    assert scores == values and best == 1 and torch.equal(best_image, env.image)
+    assert "image 1: 0.0000 (no face detected)" in text and out["ui"]["text"] == [text]
+    assert annotated.shape == (2, 512, 512, 3) and not torch.equal(annotated[1], env.image[0])
+    by_photo = node.score(env.faces, env.image, reference=env.image)["ui"]["pulid_similarity"]
+    assert abs(by_photo[0] - 1.0) < 1e-6
+    with pytest.raises(ValueError, match="needs an identity or a reference image"):
+        node.score(env.faces, env.image)
+
+
+def test_save_node_refuses_traversal_and_overwrite(env):
+    identity, _ = encode(env)
+    save = env.N["PulidFluxSaveIdentity"]().save
+    for bad in ("../escape", "/tmp/abs", "sub/name"):
+        with pytest.raises(ValueError, match="refused: it is a path"):
+            save(identity, bad, True)
+    result = save(identity, "once", False)
+    assert result["ui"]["text"] == [os.path.join(env.identities, "once.safetensors")]
+    with pytest.raises(FileExistsError, match="once.safetensors already exists"):
+        save(identity, "once", False)
+    assert not os.path.exists(os.path.join(os.path.dirname(env.identities), "escape.safetensors"))
+
+
+def test_load_node_lists_files_reloads_changes_and_names_bad_files(env):
+    identity, _ = encode(env)
+    env.N["PulidFluxSaveIdentity"]().save(identity, "listed", True)
+    load = env.N["PulidFluxLoadIdentity"]
+    assert "listed.safetensors" in load.INPUT_TYPES()["required"]["identity_file"][0]
+    before = load.IS_CHANGED("listed.safetensors")
+    os.utime(os.path.join(env.identities, "listed.safetensors"), ns=(1, 1))
+    assert load.IS_CHANGED("listed.safetensors") != before
+    bad = os.path.join(env.identities, "not_an_identity.safetensors")
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not_an_identity.safetensors: not a PuLID-Flux identity file"):
+        load().load("not_an_identity.safetensors")
+    with pytest.raises(ValueError, match="'gone.safetensors' is not in any identities folder"):
+        load().load("gone.safetensors")
+    # identity files never show up as PuLID-Flux weights in the model loader
+    assert not [n for n in env.N["PulidFluxModelLoader"].INPUT_TYPES()["required"]["pulid_file"][0] if "identities" in n]
+
+
+def test_identities_folder_keeps_yaml_entries_first(env):
+    paths = env.folder_paths.get_folder_paths("pulid_identities")
+    assert paths[0] == env.identities
+    assert os.path.join(env.folder_paths.models_dir, "pulid", "identities") in paths
+    assert env.pack.identity_support.save_folder() == env.identities
+
+
+def test_encode_identity_shares_the_embedding_cache(env, monkeypatch):
+    encode(env)
+    calls = []
+    monkeypatch.setattr(env.pack.comfy_support, "FaceEncoders", lambda *a, **k: calls.append(1))
+    identity, _ = encode(env)
+    env.pack.nodes.ApplyPulidFlux().apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, env.image, 0.5, 0.0, 1.0)
+    assert calls == [] and identity.meta["references"] == "1"
+    assert np.isclose(float(identity.arcface.norm()), 1.0)
+
+
+def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from skimage import data
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    out = tmp_path / "cli.safetensors"
+    models = os.path.dirname(os.path.dirname(env.identities))
+    cmd = [sys.executable, "-m", "pulid_tools", "identity", "--face", str(photo), "--models", models, "--out", str(out)]
+    result = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out) and "6/6" in result.stderr  # tqdm: 4 models, 1 photo, ID encoder
+    cli = env.pack.pulid_flux.identity.load_identity(str(out))
+    node, _ = encode(env)
+    for name in ("id_tokens", "uncond_tokens", "arcface", "preview"):
+        assert torch.equal(getattr(cli, name), getattr(node, name)), name
+    for key in ("pulid_file", "pulid_fingerprint", "fusion", "use_gray", "references", "format"):
+        assert cli.meta[key] == node.meta[key], key
+    again = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "exists: choose another name or add --overwrite" in again.stderr

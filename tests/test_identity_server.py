@@ -1,0 +1,146 @@
+"""The identity routes and Face similarity's history output over a real ComfyUI server on 127.0.0.1
+(COMFYUI_PATH). The server gets only what these tests need: the pack and the synthetic antelopev2."""
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import torch
+from PIL import Image
+
+import comfy_harness as H
+import server_harness as S
+
+pytestmark = pytest.mark.comfyui
+ROUTE = "/pulid_flux/identities"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    H.import_comfyui()
+    from skimage import data
+
+    from testing import encoder_fakes as fakes
+
+    base = str(tmp_path_factory.mktemp("identity_base"))
+    os.makedirs(os.path.join(base, "custom_nodes"))
+    os.symlink(H.REPO_ROOT, os.path.join(base, "custom_nodes", S.PACK_DIR_NAME))
+    fakes.write_antelopev2(os.path.join(base, "models", "insightface", "models", "antelopev2"))
+    os.makedirs(os.path.join(base, "input"))
+    Image.fromarray(data.astronaut()).save(os.path.join(base, "input", "astronaut.png"))
+    with S.ComfyServer(H.comfyui_path(), base) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def identity_bytes(server):
+    """An identity whose ArcFace is the astronaut's (other tensors random), as a file's bytes."""
+    from skimage import data
+
+    from encoders import load_face_analysis, similarity
+    from pulid_flux.identity import build_identity, identity_bytes
+
+    analysis = load_face_analysis(os.path.join(server.base, "models", "insightface"), "CPU")
+    arcface, _ = similarity.reference_embedding(analysis, data.astronaut())
+    g = torch.Generator().manual_seed(0)
+    identity = build_identity(torch.randn(1, 32, 2048, generator=g), torch.randn(1, 32, 2048, generator=g), arcface,
+                              torch.zeros(1, 512, 1024, 3), pulid_file="pulid_flux_v0.9.1.safetensors",
+                              pulid_fingerprint="0" * 32, fusion="mean")
+    return identity_bytes(identity)
+
+
+def multipart(fields: dict, file_name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def post(server, file_name, data, **fields):
+    body, content_type = multipart(fields, file_name, data)
+    request = urllib.request.Request(server.url + ROUTE, data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def identities_folder(server):
+    return os.path.join(server.base, "models", "pulid", "identities")
+
+
+def test_upload_list_and_no_overwrite_without_the_flag(server, identity_bytes):
+    assert server.get_json(ROUTE) == {"identities": []}
+    assert post(server, "alice.safetensors", identity_bytes) == (200, {"name": "alice.safetensors",
+                                                                      "bytes": len(identity_bytes)})
+    with open(os.path.join(identities_folder(server), "alice.safetensors"), "rb") as f:
+        assert f.read() == identity_bytes
+    assert server.get_json(ROUTE) == {"identities": ["alice.safetensors"]}
+    status, body = post(server, "alice.safetensors", identity_bytes)
+    assert status == 409 and "alice.safetensors already exists" in body["error"] and "overwrite=true" in body["error"]
+    assert post(server, "ignored.safetensors", identity_bytes, name="bob", overwrite="false")[0] == 200
+    assert post(server, "x.safetensors", identity_bytes, name="bob", overwrite="true") == (
+        200, {"name": "bob.safetensors", "bytes": len(identity_bytes)})
+    assert server.get_json(ROUTE) == {"identities": ["alice.safetensors", "bob.safetensors"]}
+
+
+def test_upload_refuses_traversal_names(server, identity_bytes):
+    for file_name, fields in (("../../evil.safetensors", {}), ("ok.safetensors", {"name": "../evil"}),
+                              ("ok.safetensors", {"name": "/tmp/evil"}), ("..\\evil.safetensors", {})):
+        status, body = post(server, file_name, identity_bytes, **fields)
+        assert status == 400 and "refused: it is a path" in body["error"], (file_name, fields, body)
+    found = [os.path.join(d, f) for d, _, files in os.walk(server.base) for f in files if "evil" in f]
+    assert found == [] and not os.path.exists("/tmp/evil.safetensors")
+
+
+def test_upload_refuses_a_file_that_is_not_an_identity(server, identity_bytes):
+    from safetensors.torch import save
+
+    for data, message in ((os.urandom(3000), "not a safetensors file"),
+                          (save({"pulid_ca.0.norm1.weight": torch.zeros(4)}), "It holds PuLID-Flux model weights"),
+                          (identity_bytes[:len(identity_bytes) // 2], "the file is truncated")):
+        status, body = post(server, "bad.safetensors", data)
+        assert status == 400 and body["error"].startswith("not a PuLID-Flux identity: bad.safetensors: "), body
+        assert message in body["error"], body
+    assert "bad.safetensors" not in os.listdir(identities_folder(server))
+
+
+def test_upload_refuses_an_oversize_body(server, identity_bytes):
+    big = identity_bytes + b"\0" * (16 * 2**20)
+    status, body = post(server, "big.safetensors", big)
+    assert status == 413 and "over the 16 MB limit" in body["error"]
+    assert "big.safetensors" not in os.listdir(identities_folder(server))
+    assert server.get_json("/system_stats")  # still serving
+
+
+def test_face_similarity_lands_in_history(server, identity_bytes):
+    assert post(server, "astro.safetensors", identity_bytes, overwrite="true")[0] == 200
+    graph = {
+        "1": {"class_type": "PulidFluxLoadIdentity", "inputs": {"identity_file": "astro.safetensors"}},
+        "2": {"class_type": "PulidFluxInsightFaceLoader", "inputs": {"provider": "CPU"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "astronaut.png"}},
+        "4": {"class_type": "PulidFluxFaceSimilarity", "inputs": {"face_analysis": ["2", 0], "images": ["3", 0],
+                                                                  "identity": ["1", 0]}},
+    }
+    request = urllib.request.Request(server.url + "/prompt", data=json.dumps({"prompt": graph}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        prompt_id = json.loads(r.read())["prompt_id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        history = server.get_json(f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            break
+        time.sleep(0.5)
+    entry = history[prompt_id]
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    scores = entry["outputs"]["4"]["pulid_similarity"]
+    assert len(scores) == 1 and abs(scores[0] - 1.0) < 1e-5
+    assert entry["outputs"]["4"]["text"][0].startswith("image 1: 1.0000")
