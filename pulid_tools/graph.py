@@ -8,12 +8,14 @@ Rules, so a graph says where things go without extra files:
 - seed: every literal `seed` and `noise_seed` input.
 - weight: the `weight` input of every ApplyPulidFlux node.
 - images: LoadImage nodes in ascending node id order, one uploaded file each.
+- identity: the `identity_file` input of every PulidFluxLoadIdentity node (the name the upload route gave).
 - `--set NODE.INPUT=VALUE`: any input; NODE is a node id, a title or a class name (all of its kind)."""
 from __future__ import annotations
 
 import json
 
 PULID_APPLY = "ApplyPulidFlux"
+LOAD_IDENTITY = "PulidFluxLoadIdentity"
 SEED_INPUTS = ("seed", "noise_seed")
 
 
@@ -109,6 +111,16 @@ def set_images(graph: dict, names: list[str]) -> list[str]:
     for k, name in zip(slots, names):
         graph[k]["inputs"]["image"] = name
     return slots[:len(names)]
+
+
+def set_identity(graph: dict, name: str) -> list[str]:
+    targets = [k for k in _by_id_order(graph) if graph[k]["class_type"] == LOAD_IDENTITY]
+    if not targets:
+        raise GraphError(f"--identity needs a {LOAD_IDENTITY} node (Load identity) in the graph; use a graph "
+                         "such as examples/batch/pulid_flux_identity.json, or give --face photos instead")
+    for k in targets:
+        graph[k]["inputs"]["identity_file"] = name
+    return targets
 
 
 def parse_assignment(text: str) -> tuple[str, str, object]:
