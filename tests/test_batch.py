@@ -171,3 +171,20 @@ def test_a_refused_graph_stops_the_batch_with_comfyuis_message(fake, tmp_path, f
     assert "ComfyUI refused the prompt: Prompt outputs failed validation" in err
     assert "Apply PuLID-Flux [ApplyPulidFlux] (node 8): Value bigger than max of 5.0: weight" in err
     assert len(fake.prompts) == 0  # refused at once, no retry storm
+
+
+def test_a_manifest_cut_short_by_a_crash_keeps_every_whole_record(tmp_path):
+    from pulid_tools.manifest import Manifest
+
+    whole = {"key": "a" * 32, "status": "done", "prompt": "x", "files": ["a.png"], "scores": None}
+    failed = {"key": "b" * 32, "status": "failed", "prompt": "x", "error": "no face"}
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(whole) + "\n" + json.dumps(failed) + "\n"
+                                             + '{"key": "' + "c" * 32 + '", "status": "do')
+    manifest = Manifest(str(tmp_path))
+    assert list(manifest.done) == ["a" * 32] and not manifest.is_done("b" * 32)  # failed jobs run again
+    assert manifest.warnings == [f"{tmp_path / 'manifest.jsonl'}:3: unreadable record skipped (its job runs again)"]
+    manifest.append(dict(whole, key="d" * 32))
+    manifest.close()
+    lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["key"] == "d" * 32 and len(lines) == 4  # the new record on a line of its own
+    assert list(Manifest(str(tmp_path)).done) == ["a" * 32, "d" * 32]
