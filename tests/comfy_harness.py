@@ -3,6 +3,7 @@ and write the full-width test models (random weights, real file formats) into a 
 import importlib
 import os
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -32,7 +33,23 @@ def import_comfyui():
     comfy.cli_args.args.cpu = True
     import comfy.model_management  # noqa: F401 - reads args.cpu
     import folder_paths
+    keep_out_of_checkout(folder_paths)
     return folder_paths
+
+
+def keep_out_of_checkout(folder_paths) -> None:
+    """The ComfyUI checkout is read-only test material: whatever a node writes (outputs, previews, user files)
+    goes to a temporary folder instead of ComfyUI's own output/, temp/, input/ and user/."""
+    if getattr(folder_paths, "_pulid_test_scratch", None):
+        return
+    scratch = tempfile.mkdtemp(prefix="comfyui-scratch-")
+    for name in ("output", "temp", "input", "user"):
+        os.makedirs(os.path.join(scratch, name))
+    folder_paths.set_output_directory(os.path.join(scratch, "output"))
+    folder_paths.set_temp_directory(os.path.join(scratch, "temp"))
+    folder_paths.set_input_directory(os.path.join(scratch, "input"))
+    folder_paths.set_user_directory(os.path.join(scratch, "user"))
+    folder_paths._pulid_test_scratch = scratch
 
 
 def import_pack(tmp_root: str):

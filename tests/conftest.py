@@ -1,10 +1,48 @@
 import os
 import sys
+import time
 
 # A hub lookup otherwise hangs ~47 s before failing; nothing here may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The ComfyUI checkout (COMFYUI_PATH) is read-only test material: no __pycache__ there, here or in servers.
+sys.dont_write_bytecode = True
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.append(REPO_ROOT)  # appended, never ahead of ComfyUI: both have a top-level `nodes`
+
+
+def _comfyui_checkout() -> str | None:
+    path = os.environ.get("COMFYUI_PATH")
+    return os.path.abspath(path) if path and os.path.isdir(path) else None
+
+
+def _newer_files(root: str, since: float) -> list[str]:
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            try:
+                if os.lstat(path).st_mtime > since:
+                    found.append(os.path.relpath(path, root))
+            except OSError:
+                pass
+    return found
+
+
+def pytest_sessionstart(session):
+    session.config._comfyui_start = time.time() - 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if anything was written into the read-only ComfyUI checkout."""
+    root = _comfyui_checkout()
+    if root is None or not hasattr(session.config, "_comfyui_start"):
+        return
+    written = _newer_files(root, session.config._comfyui_start)
+    if written:
+        print(f"\nERROR: the tests wrote into the ComfyUI checkout {root}: {', '.join(sorted(written)[:20])}")
+        session.exitstatus = 1

@@ -8,8 +8,8 @@ import pytest
 
 from encoders import EncoderModelError
 from encoders.faces import (DetectedFace, arcface_embedding, choose_face, detect_faces, find_antelopev2,
-from testing import encoder_fakes as fakes
                             load_face_analysis, onnx_providers, order_faces)
+from testing import encoder_fakes as fakes
 
 
 def astronaut_bgr():
