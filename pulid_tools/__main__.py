@@ -1,4 +1,4 @@
-"""python -m pulid_tools {queue,doctor,identity} ... (run from the pack's folder)."""
+"""python -m pulid_tools {queue,batch,identity,doctor} ... (run from the pack's folder)."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,11 @@ def main(argv=None) -> int:
         "queue", help="run an API graph on a ComfyUI server (headless)", description=client.__doc__,
         epilog=graph.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
+    from . import batch
+
+    batch.add_arguments(commands.add_parser(
+        "batch", help="many images over one or more ComfyUI servers (resumable)", description=batch.__doc__,
+        epilog=graph.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     from . import doctor  # light: the heavy imports happen inside its checks
 
     doctor.add_arguments(commands.add_parser(
@@ -29,6 +34,8 @@ def main(argv=None) -> int:
         return client.run(args)
     if args.command == "identity":
         return identity_cli.run(args)
+    if args.command == "batch":
+        return batch.run(args)
     return doctor.run(args)
 
 

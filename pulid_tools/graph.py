@@ -6,14 +6,17 @@ Rules, so a graph says where things go without extra files:
   "Positive prompt", "Negative prompt"); a graph without such titles takes the prompt into its only node
   with a `text` input.
 - seed: every literal `seed` and `noise_seed` input.
-- weight: the `weight` input of every ApplyPulidFlux node.
+- weight: the `weight` input of every ApplyPulidFlux / PulidFluxApplyIdentity node.
 - images: LoadImage nodes in ascending node id order, one uploaded file each.
+- identity: the `identity_file` input of every PulidFluxLoadIdentity node (the name the upload route gave).
 - `--set NODE.INPUT=VALUE`: any input; NODE is a node id, a title or a class name (all of its kind)."""
 from __future__ import annotations
 
 import json
 
 PULID_APPLY = "ApplyPulidFlux"
+LOAD_IDENTITY = "PulidFluxLoadIdentity"
+WEIGHTED = (PULID_APPLY, "PulidFluxApplyIdentity")
 SEED_INPUTS = ("seed", "noise_seed")
 
 
@@ -88,9 +91,9 @@ def set_seed(graph: dict, seed: int) -> list[str]:
 
 
 def set_weight(graph: dict, weight: float) -> list[str]:
-    targets = [k for k in _by_id_order(graph) if graph[k]["class_type"] == PULID_APPLY]
+    targets = [k for k in _by_id_order(graph) if graph[k]["class_type"] in WEIGHTED]
     if not targets:
-        raise GraphError(f"no {PULID_APPLY} node in this graph")
+        raise GraphError(f"no {' or '.join(WEIGHTED)} node in this graph")
     for k in targets:
         graph[k]["inputs"]["weight"] = float(weight)
     return targets
@@ -109,6 +112,16 @@ def set_images(graph: dict, names: list[str]) -> list[str]:
     for k, name in zip(slots, names):
         graph[k]["inputs"]["image"] = name
     return slots[:len(names)]
+
+
+def set_identity(graph: dict, name: str) -> list[str]:
+    targets = [k for k in _by_id_order(graph) if graph[k]["class_type"] == LOAD_IDENTITY]
+    if not targets:
+        raise GraphError(f"--identity needs a {LOAD_IDENTITY} node (Load identity) in the graph; use a graph "
+                         "such as examples/batch/pulid_flux_identity.json, or give --face photos instead")
+    for k in targets:
+        graph[k]["inputs"]["identity_file"] = name
+    return targets
 
 
 def parse_assignment(text: str) -> tuple[str, str, object]:

@@ -1,169 +1,136 @@
-"""A minimal RFC 6455 websocket client over a plain socket: enough to follow ComfyUI's /ws progress messages
-without third-party packages. Text and binary messages, fragmentation, ping/pong and close are handled;
-extensions (compression) are never negotiated."""
+"""A prompt's life on one ComfyUI server: queue it, follow its messages on ComfyUI's /ws websocket
+(aiohttp), fall back to polling /history when the websocket is unavailable or drops, and return the
+/history entry or raise the error the user needs (api.PromptRefused / PromptFailed / ServerUnavailable)."""
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
-import socket
-import ssl
-import struct
-from urllib.parse import urlsplit
+import asyncio
+import json
+import time
+from typing import Callable
 
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-MAX_MESSAGE = 64 * 1024 * 1024  # previews are the largest messages ComfyUI sends; anything bigger is an error
+import aiohttp
+
+from .api import ComfyAPI, ComfyError, PromptFailed, ServerUnavailable, format_failure
+
+HISTORY_POLL_S = 0.5
+SILENT_CHECK_S = 10.0
+END_KINDS = ("execution_success", "execution_error", "execution_interrupted")
 
 
-class WebSocketError(ConnectionError):
+class DeadlinePassed(Exception):
+    """The timeout ran out (not an OSError, so it is never taken for a network problem)."""
+
+
+class WebSocketLost(ConnectionError):
     pass
 
 
-class ConnectionClosed(WebSocketError):
-    pass
-
-
-def accept_key(key: str) -> str:
-    return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-
-
-def encode_frame(opcode: int, payload: bytes, mask: bool = True, fin: bool = True) -> bytes:
-    """One frame; clients must mask what they send (servers must not)."""
-    head = bytearray([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    mask_bit = 0x80 if mask else 0
-    if n < 126:
-        head.append(mask_bit | n)
-    elif n < 1 << 16:
-        head.append(mask_bit | 126)
-        head += struct.pack("!H", n)
-    else:
-        head.append(mask_bit | 127)
-        head += struct.pack("!Q", n)
-    if not mask:
-        return bytes(head) + payload
-    key = os.urandom(4)
-    return bytes(head) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-def decode_frame(buffer: bytearray):
-    """(fin, opcode, payload) of the first complete frame in `buffer`, removing it; None if incomplete."""
-    if len(buffer) < 2:
+async def next_event(ws: aiohttp.ClientWebSocketResponse, timeout: float):
+    """(kind, data) of the next JSON message, None when nothing (or a binary preview) arrived within
+    `timeout`; raises WebSocketLost when the connection ends."""
+    try:
+        message = await ws.receive(timeout=timeout)
+    except asyncio.TimeoutError:
         return None
-    fin, opcode = bool(buffer[0] & 0x80), buffer[0] & 0x0F
-    masked, n = bool(buffer[1] & 0x80), buffer[1] & 0x7F
-    pos = 2
-    if n == 126:
-        if len(buffer) < 4:
-            return None
-        n, pos = struct.unpack_from("!H", buffer, 2)[0], 4
-    elif n == 127:
-        if len(buffer) < 10:
-            return None
-        n, pos = struct.unpack_from("!Q", buffer, 2)[0], 10
-    if n > MAX_MESSAGE:
-        raise WebSocketError(f"websocket frame of {n} bytes is too large")
-    key = b""
-    if masked:
-        if len(buffer) < pos + 4:
-            return None
-        key, pos = bytes(buffer[pos:pos + 4]), pos + 4
-    if len(buffer) < pos + n:
-        return None
-    payload = bytes(buffer[pos:pos + n])
-    del buffer[:pos + n]
-    if masked:
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return fin, opcode, payload
-
-
-class WebSocket:
-    def __init__(self, sock: socket.socket, leftover: bytes = b""):
-        self.sock = sock
-        self.buffer = bytearray(leftover)
-        self._parts: list[bytes] = []
-        self._opcode = None
-
-    @classmethod
-    def connect(cls, url: str, timeout: float = 10.0, headers: dict | None = None) -> "WebSocket":
-        """Open ws:// or wss:// `url` (the handshake must finish within `timeout` seconds)."""
-        parts = urlsplit(url)
-        secure = parts.scheme in ("wss", "https")
-        port = parts.port or (443 if secure else 80)
-        sock = socket.create_connection((parts.hostname, port), timeout=timeout)
+    if message.type == aiohttp.WSMsgType.TEXT:
         try:
-            if secure:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
-            key = base64.b64encode(os.urandom(16)).decode()
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            lines = [f"GET {target} HTTP/1.1", f"Host: {parts.hostname}:{port}", "Upgrade: websocket",
-                     "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
-            lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-            response = b""
-            while b"\r\n\r\n" not in response:
-                chunk = sock.recv(4096)
-                if not chunk or len(response) > 65536:
-                    raise WebSocketError(f"no websocket handshake answer from {url}")
-                response += chunk
-            head, leftover = response.split(b"\r\n\r\n", 1)
-            status, *header_lines = head.decode("latin-1").split("\r\n")
-            fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-            if " 101 " not in f"{status} ":
-                raise WebSocketError(f"websocket refused by {url}: {status}")
-            if fields.get("sec-websocket-accept") != accept_key(key):
-                raise WebSocketError(f"bad websocket handshake from {url}")
-            return cls(sock, leftover)
-        except BaseException:
-            sock.close()
+            event = json.loads(message.data)
+        except json.JSONDecodeError:
+            return None
+        return (event.get("type"), event.get("data") or {}) if isinstance(event, dict) else None
+    if message.type == aiohttp.WSMsgType.BINARY:
+        return None
+    raise WebSocketLost(f"the websocket closed ({message.type.name.lower()})")
+
+
+def failure_of(data: dict) -> dict:
+    return dict(data, exception_type=data.get("exception_type", "interrupted"),
+                exception_message=data.get("exception_message", "the prompt was interrupted"))
+
+
+async def follow(api: ComfyAPI, ws, prompt_id: str, on_event: Callable, deadline: float) -> dict | None:
+    """Read websocket messages until the prompt ends; returns its execution_error data, if any. While the
+    socket is silent, /history is checked now and then, in case an end message never arrives."""
+    failure, last_check = None, time.monotonic()
+    while time.monotonic() < deadline:
+        event = await next_event(ws, min(1.0, max(0.01, deadline - time.monotonic())))
+        if event is None:
+            if time.monotonic() - last_check > SILENT_CHECK_S:
+                last_check = time.monotonic()
+                if await api.history(prompt_id) is not None:
+                    return failure
+            continue
+        kind, data = event
+        if data.get("prompt_id", prompt_id) != prompt_id:
+            continue
+        on_event(kind, data)
+        if kind in ("execution_error", "execution_interrupted"):
+            failure = failure_of(data)
+        if kind in END_KINDS or (kind == "executing" and data.get("node") is None and "prompt_id" in data):
+            return failure
+    raise DeadlinePassed
+
+
+async def wait_for_history(api: ComfyAPI, prompt_id: str, deadline: float) -> dict:
+    """History is written just after the end messages: poll (bounded by the deadline)."""
+    while True:
+        entry = await api.history(prompt_id)
+        if entry is not None:
+            return entry
+        if time.monotonic() >= deadline:
+            raise DeadlinePassed
+        await asyncio.sleep(HISTORY_POLL_S)
+
+
+def error_from_history(entry: dict) -> dict | None:
+    status = entry.get("status") or {}
+    for kind, data in status.get("messages") or []:
+        if kind in ("execution_error", "execution_interrupted"):
+            return failure_of(data)
+    if status.get("status_str") == "error":
+        return {"exception_type": "error", "exception_message": "the prompt failed (no details in /history)"}
+    return None
+
+
+def _ignore(*_):
+    pass
+
+
+async def run_prompt(api: ComfyAPI, graph: dict, timeout: float, ws=None, on_event: Callable = _ignore,
+                     log: Callable = _ignore, on_queued: Callable = _ignore, verbose: bool = False) -> dict:
+    """Queue `graph`, follow it to the end and return its /history entry. `ws`: an open websocket of
+    api.client_id (else one is opened here, before queueing, so no message of this prompt is missed, and
+    closed at the end). A websocket that drops falls back to /history; a server that does not answer
+    raises ServerUnavailable; the timeout raises ComfyError (DeadlinePassed inside)."""
+    deadline = time.monotonic() + timeout
+    own_ws = ws is None
+    if own_ws:
+        try:
+            ws = await api.connect_ws()
+        except ServerUnavailable:
             raise
-
-    def send_text(self, text: str) -> None:
-        self.sock.sendall(encode_frame(OP_TEXT, text.encode()))
-
-    def receive(self, timeout: float):
-        """The next message (str for text, bytes for binary), or None when nothing arrived within `timeout`.
-        Raises ConnectionClosed when the server closes."""
-        self.sock.settimeout(timeout)
-        while True:
-            frame = decode_frame(self.buffer)
-            if frame is None:
-                try:
-                    chunk = self.sock.recv(65536)
-                except (socket.timeout, TimeoutError):
-                    return None
-                if not chunk:
-                    raise ConnectionClosed("the server closed the connection")
-                self.buffer += chunk
-                continue
-            fin, opcode, payload = frame
-            if opcode == OP_PING:
-                self.sock.sendall(encode_frame(OP_PONG, payload))
-            elif opcode == OP_CLOSE:
-                self._send_close()
-                raise ConnectionClosed("the server closed the websocket")
-            elif opcode in (OP_TEXT, OP_BINARY, OP_CONT):
-                if opcode != OP_CONT:
-                    self._opcode, self._parts = opcode, []
-                self._parts.append(payload)
-                if fin:
-                    data = b"".join(self._parts)
-                    self._parts = []
-                    return data.decode("utf-8") if self._opcode == OP_TEXT else data
-
-    def _send_close(self) -> None:
-        try:
-            self.sock.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1000)))
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._send_close()
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        except ComfyError as e:
+            log(f"no progress (websocket unavailable: {e}); waiting on /history")
+    try:
+        prompt_id = await api.queue(graph)
+        on_queued(prompt_id)
+        log(f"queued prompt {prompt_id}")
+        failure = None
+        if ws is not None:
+            try:
+                failure = await follow(api, ws, prompt_id, on_event, deadline)
+            except (WebSocketLost, aiohttp.ClientError, OSError) as e:
+                log(f"websocket lost ({e}); waiting on /history")
+        entry = await wait_for_history(api, prompt_id, deadline)
+    except DeadlinePassed:
+        raise ComfyError(f"timed out after {timeout:.0f} s; the prompt may still be running on the server "
+                         f"(raise --timeout)") from None
+    finally:
+        if own_ws and ws is not None:
+            await ws.close()
+    failure = error_from_history(entry) or failure
+    if failure is not None:
+        error = PromptFailed(format_failure(failure, graph, verbose))
+        error.details = failure
+        raise error
+    return entry

@@ -83,28 +83,34 @@ def prepare_base_directory(base: str) -> dict:
 class ComfyServer:
     """`python main.py --cpu --listen 127.0.0.1 --port N --base-directory BASE` from COMFYUI_PATH."""
 
-    def __init__(self, comfyui: str, base: str):
-        self.comfyui, self.base = comfyui, base
+    def __init__(self, comfyui: str, base: str, name: str = "server", extra_args: tuple = ()):
+        """Several servers may share one base directory (its models and custom nodes) when each gets its
+        own `name` (log file) and --output/--input/--temp/--user-directory in `extra_args`."""
+        self.comfyui, self.base, self.extra_args = comfyui, base, tuple(extra_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = os.path.join(base, "server.log")
+        self.log_path = os.path.join(base, f"{name}.log")
         self.process = None
 
-    def __enter__(self):
+    def start(self) -> None:
+        """Launch without waiting (start several, then wait_until_ready on each)."""
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", self.base, "--disable-auto-launch", "--disable-api-nodes",
-               "--database-url", "sqlite:///:memory:"]  # the default database file is inside COMFYUI_PATH
+               "--database-url", "sqlite:///:memory:", *self.extra_args]  # the default database is in COMFYUI_PATH
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def __enter__(self):
+        self.start()
         try:
-            self._wait_until_ready()
+            self.wait_until_ready()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
-    def _wait_until_ready(self) -> None:
+    def wait_until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -135,4 +141,5 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-        self._log.close()
+        if self.process is not None:
+            self._log.close()

@@ -1,0 +1,267 @@
+"""The async core of `pulid_tools batch`: jobs spread over ComfyUI servers, K in flight per server (a
+faster server takes more), faults handled, every finished job recorded in the manifest.
+
+- A server that cannot be reached, drops the connection or times out gets the job put back for the
+  others (a job is tried at most `max_attempts` times); it then waits (backoff doubling from
+  `backoff_s`) and is probed before it takes work again; after `strikes_to_drop` failures in a row it
+  is dropped with a log line.
+- A graph ComfyUI refuses (node_errors) stops the whole batch at once: it would fail everywhere.
+- An execution error (e.g. no face in a reference) fails that job with ComfyUI's message; the rest go on.
+- stop() (Ctrl-C) cancels the jobs in flight, taking them off their servers' queues; nothing half-done
+  is recorded, so running the same command again continues where this one stopped."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .api import ComfyAPI, ComfyError, PromptFailed, PromptRefused, ServerUnavailable, normalise_url
+from .jobs import Job, server_graph
+from .manifest import Manifest, output_images, scores_of
+from .websocket import run_prompt
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class Server:
+    url: str
+    done: int = 0
+    failed: int = 0
+    strikes: int = 0
+    dropped: bool = False
+    image_names: dict = field(default_factory=dict)
+    identity_name: str | None = None
+    lock: asyncio.Lock | None = None
+
+    @property
+    def label(self) -> str:
+        return self.url.split("://", 1)[-1]
+
+
+@dataclass
+class BatchResult:
+    done: int = 0
+    failed: list = field(default_factory=list)   # [(job, message)]
+    refused: str | None = None
+    fatal: str | None = None
+    interrupted: bool = False
+    unrun: int = 0                                # left in the queue (no server left, stopped, interrupted)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.refused or self.fatal or self.interrupted or self.unrun)
+
+
+def first_line(error) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _ignore(*_):
+    pass
+
+
+class BatchRunner:
+    def __init__(self, servers: list[str], jobs: list[Job], manifest: Manifest, *, per_server: int = 1,
+                 identity: str | None = None, timeout: float = 1200.0, request_timeout: float = 30.0,
+                 strikes_to_drop: int = 3, max_attempts: int = 4, backoff_s: float = 1.0,
+                 log: Callable[[str], None] = _ignore, on_change: Callable[[], None] = _ignore):
+        self.servers = [Server(normalise_url(s)) for s in servers]
+        self.pending = deque(jobs)
+        self.manifest, self.per_server, self.identity = manifest, per_server, identity
+        self.timeout, self.request_timeout = timeout, request_timeout
+        self.strikes_to_drop, self.max_attempts, self.backoff_s = strikes_to_drop, max_attempts, backoff_s
+        self.log, self.on_change = log, on_change
+        self.result = BatchResult()
+        self.in_flight = 0
+        self.stopping = False
+        self._changed: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # --- control -------------------------------------------------------------------------------------
+    async def run(self) -> BatchResult:
+        self._changed = asyncio.Event()
+        for server in self.servers:
+            server.lock = asyncio.Lock()
+        self._tasks = [asyncio.create_task(self._worker(server)) for server in self.servers
+                       for _ in range(self.per_server)]
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.result.unrun = len(self.pending)
+        if self.pending and not self.stopping:
+            self.result.fatal = "no server left to run the remaining jobs (see the log lines above)"
+        return self.result
+
+    def stop(self, interrupted: bool = True) -> None:
+        """Stop at once: the jobs in flight are cancelled (and taken off their servers)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.result.interrupted = self.result.interrupted or interrupted
+        for task in self._tasks:
+            task.cancel()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self.on_change()
+
+    async def _take(self, server: Server) -> Job | None:
+        while True:
+            if self.stopping or server.dropped:
+                return None
+            if self.pending:
+                return self.pending.popleft()
+            if self.in_flight == 0:
+                return None  # nothing will come back to the queue
+            self._changed.clear()
+            await self._changed.wait()
+
+    # --- one worker: one of the K slots of a server ---------------------------------------------------
+    async def _worker(self, server: Server) -> None:
+        async with ComfyAPI(server.url, self.request_timeout) as api:
+            ws = None
+            try:
+                while True:
+                    if server.strikes and not await self._recovered(api, server):
+                        if server.dropped:
+                            return
+                        continue
+                    job = await self._take(server)
+                    if job is None:
+                        return
+                    self.in_flight += 1
+                    try:
+                        ws = await self._run_job(api, server, job, ws)
+                    finally:
+                        self.in_flight -= 1
+                        self._wake()
+            finally:
+                if ws is not None and not ws.closed:
+                    await asyncio.shield(ws.close())
+
+    async def _recovered(self, api: ComfyAPI, server: Server) -> bool:
+        await asyncio.sleep(min(MAX_BACKOFF_S, self.backoff_s * 2 ** (server.strikes - 1)))
+        if server.dropped:
+            return False
+        try:
+            await api.get_json("/queue")
+            return True
+        except ComfyError as e:
+            self._strike(server, e)
+            return False
+
+    def _strike(self, server: Server, error) -> None:
+        server.strikes += 1
+        if server.strikes >= self.strikes_to_drop and not server.dropped:
+            server.dropped = True
+            self.log(f"{server.label}: dropped after {server.strikes} failures in a row "
+                     f"(last: {first_line(error)}); its jobs go to the other servers")
+            self._wake()
+
+    async def _uploads(self, api: ComfyAPI, server: Server, job: Job) -> dict:
+        async with server.lock:
+            for path in job.faces:
+                if path not in server.image_names:
+                    server.image_names[path] = await api.upload_image(path)
+            if self.identity and server.identity_name is None:
+                server.identity_name = await api.upload_identity(self.identity)
+        return server.image_names
+
+    async def _run_job(self, api: ComfyAPI, server: Server, job: Job, ws):
+        """Runs `job` on `server`; returns the websocket to use for the next job (None: reconnect)."""
+        prompt_id = None
+
+        def queued(pid):
+            nonlocal prompt_id
+            prompt_id = pid
+
+        start = time.monotonic()
+        try:
+            try:
+                names = await self._uploads(api, server, job)
+            except ServerUnavailable:
+                raise
+            except ComfyError as e:  # an upload the server refuses is refused everywhere
+                self.result.fatal = str(e)
+                self.stop(interrupted=False)
+                return ws
+            if ws is None or ws.closed:
+                try:
+                    ws = await api.connect_ws()
+                except ServerUnavailable:
+                    raise
+                except ComfyError:
+                    ws = None  # follow on /history instead
+            graph = server_graph(job, names, server.identity_name)
+            entry = await run_prompt(api, graph, self.timeout, ws=ws, on_queued=queued)
+            files = await self._save(api, job, entry)
+        except asyncio.CancelledError:
+            if prompt_id is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(api.cancel(prompt_id)), 3.0)
+                except (Exception, asyncio.CancelledError):
+                    pass
+            raise
+        except PromptRefused as e:
+            if self.result.refused is None:
+                self.result.refused = str(e)
+                self.stop(interrupted=False)
+            return ws
+        except PromptFailed as e:
+            server.strikes = 0
+            self._finish_failed(job, server, str(e), prompt_id, time.monotonic() - start)
+            return ws
+        except ComfyError as e:  # unreachable, connection dropped, timed out: try it elsewhere
+            if prompt_id is not None and not isinstance(e, ServerUnavailable):
+                try:
+                    await asyncio.wait_for(api.cancel(prompt_id), 3.0)
+                except (ComfyError, asyncio.TimeoutError):
+                    pass
+            self._requeue(job, server, e)
+            if ws is not None:
+                await ws.close()
+            return None
+        server.strikes = 0
+        server.done += 1
+        self.result.done += 1
+        entry_scores = scores_of(entry)
+        self.manifest.append({
+            "key": job.key, "status": "done", "job": job.number, "prompt_no": job.prompt_no, "prompt": job.prompt,
+            "seed": job.seed, "fields": job.fields, "server": server.url, "prompt_id": prompt_id,
+            "seconds": round(time.monotonic() - start, 3), "files": files, "scores": entry_scores,
+            "score": max(entry_scores) if entry_scores else None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return ws
+
+    async def _save(self, api: ComfyAPI, job: Job, entry: dict) -> list[str]:
+        images = output_images(entry)
+        files = []
+        for i, image in enumerate(images):
+            ext = os.path.splitext(image.get("filename", ""))[1] or ".png"
+            name = f"{job.stem()}{'_' + str(i) if len(images) > 1 else ''}{ext}"
+            files.append(self.manifest.write_image(name, await api.view(image)))
+        if not files:
+            raise PromptFailed("the prompt ran but produced no images (no SaveImage node?)")
+        return files
+
+    def _requeue(self, job: Job, server: Server, error) -> None:
+        job.attempts += 1
+        if self.stopping:
+            return
+        if job.attempts >= self.max_attempts:
+            self._finish_failed(job, server, f"gave up after {job.attempts} attempts; last: {first_line(error)}",
+                                None, 0.0)
+        else:
+            self.pending.appendleft(job)
+            self.log(f"{server.label}: {first_line(error)}; job {job.number} goes back to the queue")
+        self._strike(server, error)
+
+    def _finish_failed(self, job: Job, server: Server, message: str, prompt_id, seconds: float) -> None:
+        server.failed += 1
+        self.result.failed.append((job, message))
+        self.log(f"job {job.number} ({job.stem()}) failed on {server.label}:\n{message}")
+        self.manifest.append({"key": job.key, "status": "failed", "job": job.number, "prompt_no": job.prompt_no,
+                              "prompt": job.prompt, "seed": job.seed, "fields": job.fields, "server": server.url,
+                              "prompt_id": prompt_id, "seconds": round(seconds, 3), "error": message,
+                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})

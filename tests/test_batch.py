@@ -1,0 +1,190 @@
+"""Batch jobs, the manifest, identity uploads through the contract's route and the batch runner against
+aiohttp stand-ins of ComfyUI on 127.0.0.1 (no ComfyUI needed; real servers: test_batch_servers.py)."""
+import asyncio
+import json
+import os
+
+import pytest
+
+from aio_fake_comfy import FakeComfy, identity_bytes
+from pulid_tools import api as comfy_api
+from pulid_tools import graph as graphs
+from pulid_tools.__main__ import main
+from pulid_tools.batch import summary
+from pulid_tools.jobs import make_jobs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASIC = os.path.join(REPO, "examples", "api", "pulid_flux_basic.json")
+IDENTITY_GRAPH = os.path.join(REPO, "examples", "batch", "pulid_flux_identity.json")
+PNG = b"\x89PNG\r\n\x1a\nface"
+
+
+@pytest.fixture
+def fake():
+    server = FakeComfy()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def face(tmp_path):
+    path = tmp_path / "me.png"
+    path.write_bytes(PNG)
+    return str(path)
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+# --- jobs ----------------------------------------------------------------------------------------------
+def test_jobs_are_prompts_times_seeds_with_stable_keys(tmp_path, face):
+    base = graphs.load_graph(BASIC)
+    prompts = write(tmp_path / "p.txt", "# a comment\na knight\n\na chef\n")
+    jobs, dup = make_jobs(base, prompts, 3, [face], None, ["KSampler.steps=4"])
+    assert [(j.prompt, j.seed, j.prompt_no) for j in jobs] == [
+        ("a knight", 0, 2), ("a knight", 1, 2), ("a knight", 2, 2), ("a chef", 0, 4), ("a chef", 1, 4), ("a chef", 2, 4)]
+    assert dup == 0 and len({j.key for j in jobs}) == 6
+    assert jobs[4].graph["9"]["inputs"]["text"] == "a chef" and jobs[4].graph["13"]["inputs"]["seed"] == 1
+    assert jobs[0].graph["13"]["inputs"]["steps"] == 4 and jobs[0].graph["7"]["inputs"]["image"].startswith("sha256:")
+    again, _ = make_jobs(base, prompts, 3, [face], None, ["KSampler.steps=4"])
+    assert [j.key for j in again] == [j.key for j in jobs]  # same arguments, same keys
+    (tmp_path / "me.png").write_bytes(PNG + b"other photo")
+    other, _ = make_jobs(base, prompts, 3, [face], None, ["KSampler.steps=4"])
+    assert not {j.key for j in other} & {j.key for j in jobs}  # the photo's bytes are part of the key
+
+
+def test_jsonl_fields_per_job(tmp_path, face):
+    black = tmp_path / "black.png"
+    black.write_bytes(PNG + b"black")
+    lines = [{"prompt": "a knight", "weight": 0.8, "KSampler.steps": 6},
+             {"prompt": "a chef", "seed": 77, "set": {"Image size.width": 512}, "face": str(black)},
+             {"prompt": "a knight", "weight": 0.8, "KSampler.steps": 6}]
+    prompts = write(tmp_path / "p.jsonl", "\n".join(json.dumps(x) for x in lines))
+    jobs, dup = make_jobs(graphs.load_graph(BASIC), prompts, 2, [face], None, [])
+    assert dup == 2 and [(j.prompt, j.seed) for j in jobs] == [("a knight", 0), ("a knight", 1), ("a chef", 77)]
+    assert (jobs[0].graph["8"]["inputs"]["weight"], jobs[0].graph["13"]["inputs"]["steps"]) == (0.8, 6)
+    assert jobs[2].graph["12"]["inputs"]["width"] == 512 and jobs[2].faces == (str(black),)
+    bad = write(tmp_path / "bad.jsonl", '{"prompt": "x", "steps": 3}\n')
+    with pytest.raises(graphs.GraphError, match="bad.jsonl:1: unknown field.*steps"):
+        make_jobs(graphs.load_graph(BASIC), bad, 1, [face], None, [])
+
+
+# --- identity upload (the contract's route) ---------------------------------------------------------------
+def upload(url, path):
+    async def go():
+        async with comfy_api.ComfyAPI(url) as api:
+            return await api.upload_identity(path)
+    return asyncio.run(go())
+
+
+def test_identity_upload_is_content_addressed_and_idempotent(fake, tmp_path):
+    path = tmp_path / "Ada Lovelace.safetensors"
+    path.write_bytes(identity_bytes("ada"))
+    name = upload(fake.url, str(path))
+    digest = comfy_api.content_digest(str(path))[:12]
+    assert name == f"Ada_Lovelace-{digest}.safetensors" and fake.identities[name] == identity_bytes("ada")
+    assert upload(fake.url, str(path)) == name  # exists with the same bytes: overwritten with them, no error
+    path.write_bytes(identity_bytes("bob"))
+    assert upload(fake.url, str(path)) != name and len(fake.identities) == 2  # new bytes, new name
+
+
+def test_identity_upload_refusals_are_clear(fake, tmp_path):
+    path = tmp_path / "photo.safetensors"
+    path.write_bytes(b"not an identity at all")
+    with pytest.raises(comfy_api.ComfyError, match=r"uploading identity .*photo.safetensors to http://127.0.0.1:\d+ "
+                                                   r"refused: photo-\w+.safetensors is not a PuLID-Flux identity"):
+        upload(fake.url, str(path))
+    old = FakeComfy(identities=False)
+    try:
+        path.write_bytes(identity_bytes())
+        with pytest.raises(comfy_api.ComfyError, match="has no /pulid_flux/identities route: update "
+                                                       "ComfyUI-PuLID-Flux"):
+            upload(old.url, str(path))
+    finally:
+        old.close()
+
+
+def test_queue_identity_uploads_and_fills_the_load_identity_node(fake, tmp_path, capsys):
+    path = tmp_path / "ada.safetensors"
+    path.write_bytes(identity_bytes("ada"))
+    assert main(["queue", IDENTITY_GRAPH, "--server", fake.url, "--identity", str(path), "--prompt", "a knight",
+                 "--out", str(tmp_path / "out"), "--timeout", "20", "--quiet"]) == 0
+    (_, graph), = fake.prompts
+    loads = [n for n in graph.values() if n["class_type"] == "PulidFluxLoadIdentity"]
+    assert loads and all(n["inputs"]["identity_file"] == comfy_api.identity_upload_name(str(path)) for n in loads)
+    assert list(fake.identities) == [comfy_api.identity_upload_name(str(path))]
+    assert main(["queue", BASIC, "--server", fake.url, "--identity", str(path), "--dry-run"]) == 2
+    assert "--identity needs a PulidFluxLoadIdentity node" in capsys.readouterr().err
+
+
+# --- the batch over stand-ins ------------------------------------------------------------------------------
+def test_batch_over_two_servers_records_scores_keeps_the_best_and_resumes(tmp_path, face, capsys):
+    servers = [FakeComfy(run_s=0.05), FakeComfy(run_s=0.02)]
+    prompts = write(tmp_path / "p.txt", "a knight\na chef\n")
+    out = tmp_path / "out"
+    args = ["batch", BASIC, "--face", face, "--prompts", prompts, "--seeds", "4", "--out", str(out),
+            "--per-server", "2", "--keep-best", "2", "--quiet"]
+    try:
+        assert main(args + [x for s in servers for x in ("--server", s.url)]) == 0
+        done = summary(str(out / "manifest.jsonl"))
+        assert len(done) == 8 and all(len(s.prompts) for s in servers)
+        assert sum(len(s.uploads) for s in servers) == 2  # the photo once per server
+        for prompt in ("a knight", "a chef"):
+            records = sorted((r for r in done.values() if r["prompt"] == prompt), key=lambda r: -r["score"])
+            assert [r["score"] for r in records] == [r["scores"][0] for r in records]
+            assert [os.path.exists(out / r["files"][0]) for r in records] == [True, True, False, False]
+            assert [os.path.exists(out / "rejected" / r["files"][0]) for r in records] == [False, False, True, True]
+        before = sum(len(s.prompts) for s in servers)
+        assert main(args + ["--server", servers[0].url]) == 0  # nothing left to do
+        assert sum(len(s.prompts) for s in servers) == before
+        assert "8 jobs (8 already done" in capsys.readouterr().err
+    finally:
+        for s in servers:
+            s.close()
+
+
+def test_an_unreachable_server_is_dropped_and_the_others_do_the_work(tmp_path, face, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    server = FakeComfy()
+    prompts = write(tmp_path / "p.txt", "a knight\na chef\na pilot\n")
+    try:
+        assert main(["batch", BASIC, "--face", face, "--prompts", prompts, "--seeds", "2", "--out",
+                     str(tmp_path / "out"), "--server", dead, "--server", server.url, "--quiet"]) == 0
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert f"{dead}: dropped after 3 failures in a row (last: cannot reach ComfyUI at http://{dead}" in err
+    assert len(summary(str(tmp_path / "out" / "manifest.jsonl"))) == 6 and len(server.prompts) == 6
+
+
+def test_a_refused_graph_stops_the_batch_with_comfyuis_message(fake, tmp_path, face, capsys):
+    prompts = write(tmp_path / "p.txt", "a knight\na chef\n")
+    assert main(["batch", BASIC, "--face", face, "--prompts", prompts, "--seeds", "3", "--out", str(tmp_path / "o"),
+                 "--server", fake.url, "--set", "8.weight=9", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "ComfyUI refused the prompt: Prompt outputs failed validation" in err
+    assert "Apply PuLID-Flux [ApplyPulidFlux] (node 8): Value bigger than max of 5.0: weight" in err
+    assert len(fake.prompts) == 0  # refused at once, no retry storm
+
+
+def test_a_manifest_cut_short_by_a_crash_keeps_every_whole_record(tmp_path):
+    from pulid_tools.manifest import Manifest
+
+    whole = {"key": "a" * 32, "status": "done", "prompt": "x", "files": ["a.png"], "scores": None}
+    failed = {"key": "b" * 32, "status": "failed", "prompt": "x", "error": "no face"}
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(whole) + "\n" + json.dumps(failed) + "\n"
+                                             + '{"key": "' + "c" * 32 + '", "status": "do')
+    manifest = Manifest(str(tmp_path))
+    assert list(manifest.done) == ["a" * 32] and not manifest.is_done("b" * 32)  # failed jobs run again
+    assert manifest.warnings == [f"{tmp_path / 'manifest.jsonl'}:3: unreadable record skipped (its job runs again)"]
+    manifest.append(dict(whole, key="d" * 32))
+    manifest.close()
+    lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["key"] == "d" * 32 and len(lines) == 4  # the new record on a line of its own
+    assert list(Manifest(str(tmp_path)).done) == ["a" * 32, "d" * 32]
