@@ -23,6 +23,7 @@ from pulid_tools import catalog
 REPO = H.REPO_ROOT
 UI_FILES = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
 API_FILES = sorted(glob.glob(os.path.join(REPO, "examples", "api", "*.json")))
+BATCH_FILES = sorted(glob.glob(os.path.join(REPO, "examples", "batch", "*.json")))
 COMPAT_FILES = sorted(glob.glob(os.path.join(os.path.dirname(REPO), "shared", "compat", "*.json")))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 GGUF_NODES = {"UnetLoaderGGUF", "DualCLIPLoaderGGUF"}  # city96/ComfyUI-GGUF, used by one of balazik's workflows
@@ -291,6 +292,7 @@ def test_the_examples_exist_in_both_formats():
         "pulid_flux_basic.json", "pulid_flux_identity_best_of_n.json", "pulid_flux_identity_blend.json",
         "pulid_flux_identity_encode_save.json", "pulid_flux_identity_load_apply.json",
         "pulid_flux_multi_reference.json", "pulid_flux_true_cfg.json", "pulid_flux_two_people.json"]
+    assert names(BATCH_FILES) == ["pulid_flux_batch.json", "pulid_flux_identity.json"]
 
 
 @pytest.mark.parametrize("path", UI_FILES + COMPAT_FILES, ids=names(UI_FILES + COMPAT_FILES))
@@ -313,7 +315,7 @@ def test_balazik_workflows_are_present_and_keep_their_apply_values(defs):
         assert dict(zip(slots, apply["widgets_values"])) == {"weight": 1, "start_at": 0, "end_at": 1}
 
 
-@pytest.mark.parametrize("path", API_FILES, ids=names(API_FILES))
+@pytest.mark.parametrize("path", API_FILES + BATCH_FILES, ids=names(API_FILES + BATCH_FILES))
 def test_api_graph_matches_the_node_definitions(path, defs):
     with open(path, encoding="utf-8") as f:
         graph = json.load(f)
