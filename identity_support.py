@@ -79,13 +79,20 @@ def check_model(model, pulid, weight, start_at, end_at) -> dict:
     return injection_points(n_double, n_single, pulid.model.cfg)
 
 
+def embed_references(pulid, eva, faces, image, fusion="mean", face_order="largest", face_index=0,
+                     use_gray=True) -> support.Embedding:
+    """The cached embedding of the reference photos, with a warning for each photo skipped. Raises NoFaceError."""
+    emb = support.embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
+    for i, why in emb.skipped.items():
+        log.warning("PuLID-Flux: reference image %d skipped: %s", i + 1, why)
+    return emb
+
+
 def encode_identity(pulid, eva, faces, image, fusion="mean", face_order="largest", face_index=0,
                     use_gray=True) -> tuple[Identity, support.Embedding]:
     """The reference photos -> an identity (and the embedding with its full-size preview). Uses the embedding
     cache ApplyPulidFlux uses, so encoding the same photos twice costs nothing. Raises NoFaceError."""
-    emb = support.embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
-    for i, why in emb.skipped.items():
-        log.warning("PuLID-Flux: reference image %d skipped: %s", i + 1, why)
+    emb = embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
     arcface = emb.arcface if emb.arcface is not None else torch.zeros(len(emb.used), 512)  # unknown: scores 0
     identity = build_identity(emb.id_tokens, pulid.uncond_tokens(), arcface, emb.preview,
                               pulid_file=pulid.name, pulid_fingerprint=pulid_fingerprint(pulid), fusion=fusion,
@@ -111,10 +118,17 @@ def check_identity_matches(pulid, identity: Identity) -> None:
 def apply_identity(model, pulid, identity: Identity, weight, start_at, end_at, attn_mask=None, uncond="same"):
     """A patched clone of the Flux model: the identity's ID tokens through the PuLID cross-attentions. Needs no
     encoder: neither EVA-CLIP, InsightFace, BiSeNet nor the ID encoder is loaded."""
-    points = check_model(model, pulid, weight, start_at, end_at)
     check_identity_matches(pulid, identity)
-    app = PulidApplication(pulid.model.pulid_ca, identity.id_tokens, identity.uncond_tokens, weight, start_at,
-                           end_at, model.get_model_object("model_sampling").percent_to_sigma,
+    return patch_model(model, pulid, identity.id_tokens, identity.uncond_tokens, weight, start_at, end_at,
+                       attn_mask, uncond)
+
+
+def patch_model(model, pulid, id_tokens, uncond_tokens, weight, start_at, end_at, attn_mask=None, uncond="same"):
+    """The one patching path of ApplyPulidFlux and Apply identity: a clone with the ID block patches and wrappers.
+    uncond_tokens are read only with uncond='uncond_id' (ApplyPulidFlux passes None otherwise)."""
+    points = check_model(model, pulid, weight, start_at, end_at)
+    app = PulidApplication(pulid.model.pulid_ca, id_tokens, uncond_tokens if uncond == "uncond_id" else None,
+                           weight, start_at, end_at, model.get_model_object("model_sampling").percent_to_sigma,
                            mask=attn_mask, uncond=uncond, models=[pulid.ca])
     patched = model.clone()
     dit = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})

@@ -111,15 +111,18 @@ class ApplyPulidFlux:
                          attn_mask=None, fusion="mean", face_order="largest", face_index=0, use_gray=True,
                          uncond="same", on_no_face="error"):
         ids.check_model(model, pulid_flux, weight, start_at, end_at)
-        try:  # one code path with the identity nodes: encode an identity, then apply it
-            identity, emb = ids.encode_identity(pulid_flux, eva_clip, face_analysis, image, fusion, face_order,
-                                                face_index, use_gray)
+        try:
+            emb = ids.embed_references(pulid_flux, eva_clip, face_analysis, image, fusion, face_order, face_index,
+                                       use_gray)
         except support.NoFaceError as e:
             if on_no_face == "error":
                 raise
             log.warning("%s on_no_face is '%s': the model is returned without the identity.", e.summary, on_no_face)
             return (model, torch.zeros(1, 64, 128, 3))
-        patched = ids.apply_identity(model, pulid_flux, identity, weight, start_at, end_at, attn_mask, uncond)
+        # the uncond tokens (one ID-encoder pass per PuLID model) only when true CFG reads them
+        uncond_tokens = pulid_flux.uncond_tokens() if uncond == "uncond_id" else None
+        patched = ids.patch_model(model, pulid_flux, emb.id_tokens, uncond_tokens, weight, start_at, end_at,
+                                  attn_mask, uncond)
         return (patched, emb.preview)
 
 
