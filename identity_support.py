@@ -135,10 +135,8 @@ def patch_model(model, pulid, id_tokens, uncond_tokens, weight, start_at, end_at
     for (kind, i), ca_index in points.items():
         patch = IdBlockPatch(app, ca_index, kind.split("_")[0], dit.get((kind, i)))
         patched.set_model_patch_replace(patch, "dit", kind, i)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
-                                 SharedWrapper(app.outer_sample))
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                 SharedWrapper(app.diffusion_model))
+    for wrapper_type, fn in app.wrappers().items():  # OUTER_SAMPLE, APPLY_MODEL, DIFFUSION_MODEL
+        patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, SharedWrapper(fn))
     return patched
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .compat import step_cache_name, transformer_options
 from .injection import add_id_attention, tokens_mask
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ class ForwardInfo:
     height: int          # token grid of the generated image
     width: int
     txt_len: int
-    sigma: torch.Tensor | None
     cond_or_uncond: list[int] | None
+    active: bool         # the sigma window, decided once for the call: blocks read a plain bool
 
     @property
     def img_tokens(self) -> int:
@@ -78,6 +79,7 @@ class PulidApplication(_Shared):
         self._masks: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._txt_len: int | None = None
         self._gate: tuple[Any, bool] = (None, False)
+        self._call_active: bool | None = None  # set by the APPLY_MODEL wrapper for the model call under way
         self._warned: set[str] = set()
 
     def models(self) -> list:
@@ -87,6 +89,11 @@ class PulidApplication(_Shared):
         return float(percent_to_sigma(self.start_at)), float(percent_to_sigma(self.end_at))
 
     # --- wrappers -------------------------------------------------------------------------------------
+    def wrappers(self) -> dict[str, Callable]:
+        """ComfyUI wrapper type (comfy.patcher_extension.WrappersMP's values) -> wrapper function."""
+        return {"outer_sample": self.outer_sample, "apply_model": self.apply_model,
+                "diffusion_model": self.diffusion_model}
+
     def outer_sample(self, executor, *args, **kwargs):
         """OUTER_SAMPLE wrapper: read the schedule that will really be used (a ModelSamplingFlux node placed
         after Apply changes it) and drop per-run caches afterwards."""
@@ -105,34 +112,61 @@ class PulidApplication(_Shared):
             self._masks.clear()
             self.forward_info = None
             self._gate = (None, False)
+            self._call_active = None
+
+    def apply_model(self, executor, x, t, *args, **kwargs):
+        """APPLY_MODEL wrapper. It runs outside the diffusion model, which ComfyUI's TorchCompileModel swaps for
+        its compiled version at this level: the sigma window is decided here, once per model call (one float()),
+        so the compiled forward and blocks read a plain bool and get no graph break. Also warns once per run when
+        a step cache makes the window unreliable."""
+        options = transformer_options(getattr(executor, "original", None), (x, t) + args, kwargs)
+        if "step_cache" not in self._warned and self.weight != 0.0 and (self.start_at > 0.0 or self.end_at < 1.0):
+            cache = step_cache_name(getattr(getattr(executor, "class_obj", None), "diffusion_model", None), options)
+            if cache:
+                self._warn_once("step_cache", f"PuLID-Flux: {cache} reuses whole sampling steps, so start_at/end_at "
+                                f"({self.start_at:g}..{self.end_at:g}) do not hold on the steps it reuses (they keep "
+                                f"or lack the identity whatever the window). Lower the cache's threshold, or start "
+                                f"the cache after end_at.")
+        previous = self._call_active
+        self._call_active = self._window_open(options.get("sigmas", t))
+        try:
+            return executor(x, t, *args, **kwargs)
+        finally:
+            self._call_active = previous
 
     def diffusion_model(self, executor, x, timestep, context, *args, **kwargs):
         """DIFFUSION_MODEL wrapper: record the generated image's token grid (Kontext reference tokens come after
-        it), the text length, sigma and cond/uncond layout, for forwards that do not pass transformer_options."""
-        options = kwargs.get("transformer_options")
-        if options is None:
-            options = next((a for a in args if isinstance(a, dict)), {})
+        it), the text length, the cond/uncond layout and whether the window is open, for the blocks and for
+        forwards that do not pass transformer_options to them."""
+        options = transformer_options(getattr(executor, "original", None), (x, timestep, context) + args, kwargs)
+        active = self._call_active
+        if active is None:  # called without the APPLY_MODEL wrapper: decide here, still once per call
+            active = self._window_open(options.get("sigmas", timestep))
         previous = self.forward_info
         self.forward_info = ForwardInfo(
             height=(x.shape[-2] + PATCH_SIZE // 2) // PATCH_SIZE, width=(x.shape[-1] + PATCH_SIZE // 2) // PATCH_SIZE,
-            txt_len=context.shape[1], sigma=options.get("sigmas", timestep),
-            cond_or_uncond=options.get("cond_or_uncond"))
+            txt_len=context.shape[1], cond_or_uncond=options.get("cond_or_uncond"), active=active)
         try:
             return executor(x, timestep, context, *args, **kwargs)
         finally:
             self.forward_info = previous
 
     # --- per block ------------------------------------------------------------------------------------
-    def _active(self, sigma) -> bool:
+    def _window_open(self, sigma) -> bool:
+        """Whether the ID acts at this sigma: weight not 0 and sigma inside [sigma(end_at), sigma(start_at)]."""
         if self.weight == 0.0:
             return False
         if sigma is None:
             return True  # no schedule known at all: behave like an always-on patch
-        if self._gate[0] is sigma:  # one decision per step, not one GPU sync per block
-            return self._gate[1]
         s = float(sigma.reshape(-1)[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
         start, end = self.sigma_range
-        active = end <= s <= start
+        return end <= s <= start
+
+    def _active(self, sigma) -> bool:
+        """Fallback for blocks called outside the wrappers: one decision per step, not one GPU sync per block."""
+        if self._gate[0] is sigma and sigma is not None:
+            return self._gate[1]
+        active = self._window_open(sigma)
         self._gate = (sigma, active)
         return active
 
@@ -181,11 +215,10 @@ class PulidApplication(_Shared):
     def inject(self, out: dict, args: dict, ca_index: int, kind: str) -> None:
         options = args.get("transformer_options") or {}
         info = self.forward_info
-        sigma = options.get("sigmas", info.sigma if info else None)
         img = out["img"]
         if kind == "double":
             self._txt_len = args["txt"].shape[1]
-        if not self._active(sigma):
+        if not (info.active if info is not None else self._active(options.get("sigmas"))):
             return
         txt_len = 0 if kind == "double" else (info.txt_len if info else self._txt_len)
         if txt_len is None:

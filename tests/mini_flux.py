@@ -1,6 +1,8 @@
 """A small stand-in for ComfyUI's Flux that follows its documented block-replace protocol
 (comfy/ldm/flux/model.py v0.3.64: forward_orig, patches_replace["dit"], DIFFUSION_MODEL wrapper), so the
 patch objects can be driven in CI without ComfyUI."""
+import types
+
 import torch
 from torch import nn
 
@@ -38,7 +40,7 @@ class MiniFlux(nn.Module):
         self.single_blocks = nn.ModuleList(SingleBlock(dim) for _ in range(n_single))
         self.out = nn.Linear(dim, in_ch * 4)
 
-    def forward_orig(self, img, txt, timesteps, transformer_options={}, pass_options=True):
+    def forward_orig(self, img, txt, timesteps, control=None, transformer_options={}, pass_options=True):
         vec = self.time_in(timesteps[:, None].float())
         img, txt = self.img_in(img), self.txt_in(txt)
         replace = transformer_options.get("patches_replace", {}).get("dit", {})
@@ -54,6 +56,8 @@ class MiniFlux(nn.Module):
                 img, txt = out["img"], out["txt"]
             else:
                 img, txt = block(img=img, txt=txt, vec=vec, pe=None)
+            if control is not None and i < len(control.get("input", [])) and control["input"][i] is not None:
+                img += control["input"][i]  # ControlNet residuals, after the block as Flux adds them
         img = torch.cat((txt, img), 1)
         for i, block in enumerate(self.single_blocks):
             if ("single_block", i) in replace:
@@ -63,32 +67,55 @@ class MiniFlux(nn.Module):
                                                    {"original_block": wrap})["img"]
             else:
                 img = block(img, vec=vec, pe=None)
+            if control is not None and i < len(control.get("output", [])) and control["output"][i] is not None:
+                img[:, txt.shape[1]:txt.shape[1] + control["output"][i].shape[1]] += control["output"][i]
         return self.out(img[:, txt.shape[1]:])
 
-    def forward(self, x, timestep, context, ref_latents=None, transformer_options={}, pass_options=True):
-        """x [B,C,H,W] latent; Kontext-style reference latents are appended after the image tokens."""
+    def forward(self, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
+                transformer_options={}, **kwargs):
+        """As Flux.forward in v0.3.64: the DIFFUSION_MODEL wrappers get every argument positionally, so with a
+        ControlNet the `control` dict comes before transformer_options. x [B,C,H,W]; Kontext-style reference
+        latents are appended after the image tokens. `pass_options=False` mimics forwards of other packs
+        (TeaCache) that call the block patches without transformer_options."""
         wrappers = [w for ws in transformer_options.get("wrappers", {}).get("diffusion_model", {}).values() for w in ws]
+        return _Executor(self._forward, self, wrappers)(x, timestep, context, y, guidance, ref_latents, control,
+                                                        transformer_options, **kwargs)
 
-        def run(x, timestep, context, ref_latents, transformer_options):
-            b, c, h, w = x.shape
-            tok = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
-            n = tok.shape[1]
-            if ref_latents is not None:
-                for r in ref_latents:
-                    rt = r.reshape(b, c, r.shape[2] // 2, 2, r.shape[3] // 2, 2).permute(0, 2, 4, 1, 3, 5)
-                    tok = torch.cat([tok, rt.reshape(b, -1, c * 4)], 1)
-            out = self.forward_orig(tok, context, timestep, transformer_options, pass_options)[:, :n]
-            return out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+    def _forward(self, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
+                 transformer_options={}, pass_options=True):
+        b, c, h, w = x.shape
+        tok = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
+        n = tok.shape[1]
+        if ref_latents is not None:
+            for r in ref_latents:
+                rt = r.reshape(b, c, r.shape[2] // 2, 2, r.shape[3] // 2, 2).permute(0, 2, 4, 1, 3, 5)
+                tok = torch.cat([tok, rt.reshape(b, -1, c * 4)], 1)
+        out = self.forward_orig(tok, context, timestep, control, transformer_options, pass_options)[:, :n]
+        return out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
-        call = run
-        for wrapper in reversed(wrappers):
-            call = (lambda wr, inner: (lambda *a, **k: wr(_Executor(inner), *a, **k)))(wrapper, call)
-        return call(x, timestep, context, ref_latents, transformer_options=transformer_options)
+
+def apply_model(flux, x, sigma, context, control=None, transformer_options={}, **kwargs):
+    """As BaseModel.apply_model in v0.3.64: the APPLY_MODEL wrappers, called positionally with
+    (x, t, c_concat, c_crossattn, control, transformer_options), run outside the diffusion model (which
+    TorchCompileModel replaces by its compiled version), then the diffusion model."""
+    wrappers = [w for ws in transformer_options.get("wrappers", {}).get("apply_model", {}).values() for w in ws]
+
+    def _apply_model(x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):
+        return flux(x, t, c_crossattn, control=control, transformer_options=transformer_options, **kw)
+
+    base_model = types.SimpleNamespace(diffusion_model=flux)  # the executor's class_obj: ComfyUI's BaseModel
+    return _Executor(_apply_model, base_model, wrappers)(x, sigma, None, context, control, transformer_options,
+                                                         **kwargs)
 
 
 class _Executor:
-    def __init__(self, fn, class_obj=None):
-        self.fn, self.class_obj = fn, class_obj
+    """comfy.patcher_extension.WrapperExecutor's contract: calling it runs the next wrapper (given this executor's
+    successor) or, after the last, `original`; `class_obj` is the object whose method is wrapped."""
+
+    def __init__(self, original, class_obj, wrappers, index=0):
+        self.original, self.class_obj, self.wrappers, self.index = original, class_obj, wrappers, index
 
     def __call__(self, *a, **k):
-        return self.fn(*a, **k)
+        if self.index == len(self.wrappers):
+            return self.original(*a, **k)
+        return self.wrappers[self.index](_Executor(self.original, self.class_obj, self.wrappers, self.index + 1), *a, **k)
