@@ -122,8 +122,9 @@ def test_apply_identity_loads_no_encoder(env, monkeypatch):
     probed.set_model_patch_replace(probe, "dit", "double_block", 0)
     probed.set_additional_models("pulid_probe", [env.pulid.ca])
     sample(env, probed)
+    # every BiSeNet loaded so far in this process (earlier test modules register their own models folders)
     encoders = [env.eva.patcher, env.pulid.encoder] + list(env.pack.comfy_support._parsers.values())
-    assert len(encoders) == 3
+    assert len(encoders) >= 3
     assert seen and any(m is env.pulid.ca for m in seen)  # the cross-attentions are loaded while sampling
     for m in encoders:
         assert not any(m is s for s in seen) and not any(m is a for a in asked)
