@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from typing import Any, Callable, Sequence
 
 import torch
@@ -26,8 +27,8 @@ def check_apply_inputs(weight, start_at, end_at) -> None:
     """The checks every Apply-like node makes on its numbers. ComfyUI's API lets NaN through its min/max checks
     (NaN weight gives a black image, NaN start_at silently turns the identity off)."""
     for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value}.")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
     if start_at > end_at:
         raise ValueError(f"start_at ({start_at}) must not be after end_at ({end_at}).")
 

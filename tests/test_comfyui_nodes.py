@@ -10,8 +10,17 @@ import comfy_harness as H
 pytestmark = pytest.mark.comfyui
 
 
+_shared = {}  # one set of models for every module that imports this fixture (the full-width files take GBs)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
+    if "env" not in _shared:
+        _shared["env"] = _make_env(tmp_path_factory)
+    return _shared["env"]
+
+
+def _make_env(tmp_path_factory):
     folder_paths = H.import_comfyui()
     root = tmp_path_factory.mktemp("comfy")
     models = str(root / "models")
