@@ -1,6 +1,10 @@
+import ctypes
+import gc
 import os
 import sys
 import time
+
+import pytest
 
 # A hub lookup otherwise hangs ~47 s before failing; nothing here may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,3 +50,20 @@ def pytest_sessionfinish(session, exitstatus):
     if written:
         print(f"\nERROR: the tests wrote into the ComfyUI checkout {root}: {', '.join(sorted(written)[:20])}")
         session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_memory_after_each_module():
+    """Each real-ComfyUI module loads full-width models; give their memory back before the next module (and its
+    servers) starts, so the whole suite fits a 24 GiB CI machine."""
+    yield
+    mm = sys.modules.get("comfy.model_management")
+    if mm is not None:
+        mm.unload_all_models()
+        gc.collect()
+        mm.cleanup_models()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed arenas otherwise
+    except (OSError, AttributeError):
+        pass
