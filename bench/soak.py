@@ -98,10 +98,16 @@ def available_fraction() -> float:
 
 def soak(server, graph: dict, photos: list[str], prompts: int, warmup: int, weights: list[float],
          timeout: float) -> dict:
-    from pulid_tools import graph as graphs
-    from pulid_tools.client import ComfyClient, ComfyError, Reporter, run_graph
+    import asyncio
 
-    client = ComfyClient(server.url)
+    from pulid_tools import graph as graphs
+    from pulid_tools.api import ComfyAPI, ComfyError
+    from pulid_tools.websocket import run_prompt
+
+    async def run_one(g: dict) -> None:  # one session per prompt, as a headless `queue` call makes
+        async with ComfyAPI(server.url) as api:
+            await run_prompt(api, g, timeout)
+
     pid = server.process.pid
     seconds, errors, samples, lowest_available = [], [], [], 1.0
     for i in range(warmup + prompts):
@@ -111,7 +117,7 @@ def soak(server, graph: dict, photos: list[str], prompts: int, warmup: int, weig
         graphs.set_weight(g, weights[i % len(weights)])
         start = time.monotonic()
         try:
-            run_graph(client, g, Reporter(g, quiet=True), timeout)
+            asyncio.run(run_one(g))
         except ComfyError as e:
             errors.append(f"prompt {i}: {str(e).splitlines()[0]}")
         elapsed = time.monotonic() - start
