@@ -6,6 +6,16 @@ import time
 
 import pytest
 
+try:  # property-based tests: bounded and derandomized, so CI is fast and a failure repeats exactly
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("dev", max_examples=300, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # the property tests import hypothesis themselves and fail loudly without it
+    pass
+
 # A hub lookup otherwise hangs ~47 s before failing; nothing here may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
