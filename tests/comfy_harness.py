@@ -63,20 +63,54 @@ def import_pack(tmp_root: str):
 
 
 def flux_unet_state_dict(double=1, single=1, seed=0, dtype=torch.float16):
-    """Full-width Flux.1 (hidden 3072, 24 heads) with few blocks, ComfyUI's own Flux class, random weights."""
-    import comfy.ldm.flux.model as flux_model
-    import comfy.ops
+    """Full-width FLUX.1 (hidden 3072, 24 heads) with few blocks, in the official key layout, random weights:
+    ComfyUI's UNETLoader / `comfy.sd.load_diffusion_model_state_dict` detect it as FLUX.1 dev."""
+    from testing.flux_fakes import random_flux1_state_dict
 
-    torch.manual_seed(seed)
-    model = flux_model.Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                            hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=double, depth_single_blocks=single,
-                            axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
-                            operations=comfy.ops.disable_weight_init, dtype=torch.float32)
-    state = {}
-    for k, v in model.state_dict().items():
-        std = 0.02 if v.dim() > 1 else 0.0
-        state[k] = (torch.randn_like(v) * std if v.dim() > 1 else torch.zeros_like(v)).to(dtype)
-    return state
+    return random_flux1_state_dict(double, single, seed=seed, dtype=dtype)
+
+
+def load_flux_state_dict(state: dict):
+    """ComfyUI's public loading path (what UNETLoader does with a file): detection fills the config."""
+    import comfy.sd
+
+    model = comfy.sd.load_diffusion_model_state_dict(state)
+    assert model is not None, "ComfyUI did not recognise the test FLUX.1 state dict"
+    return model
+
+
+PROBE_KEYS = ("img_in.weight", "double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear2.weight",
+              "final_layer.linear.weight")
+
+
+def tiny_flux(hidden: int, heads: int = 2, axes_dim=(4, 10, 10), double: int = 1, single: int = 1, seed: int = 0,
+              std: float = 0.02, context_in_dim: int = 32, vec_in_dim: int = 16, mlp_ratio: float = 2.0):
+    """A FLUX.1 narrower than 3072 (for tiny PuLID layouts), on the CPU in float32. ComfyUI's detection decides the
+    family and every version-specific field from the FLUX.1 key layout; only the widths are taken from the file,
+    because some ComfyUI versions read them from the shapes and others assume 3072."""
+    import comfy.model_detection
+    import comfy.model_patcher
+
+    assert hidden == heads * sum(axes_dim), "hidden = heads x head width (the sum of axes_dim)"
+    widths = dict(hidden=hidden, heads=heads, context_in_dim=context_in_dim, vec_in_dim=vec_in_dim,
+                  mlp_ratio=mlp_ratio, guidance=False)
+    from testing.flux_fakes import random_flux1_state_dict
+
+    state = random_flux1_state_dict(double, single, seed=seed, dtype=torch.float32, std=std, **widths)
+    config = comfy.model_detection.detect_unet_config(state, "")
+    assert config is not None and config["image_model"] == "flux", config
+    config.update(hidden_size=hidden, num_heads=heads, axes_dim=list(axes_dim), context_in_dim=context_in_dim,
+                  vec_in_dim=vec_in_dim, mlp_ratio=mlp_ratio)
+    model_config = comfy.model_detection.model_config_from_unet_config(config, state)
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model(state, "")
+    expected, probes = sum(v.numel() for v in state.values()), {k: state[k].clone() for k in PROBE_KEYS}
+    base.load_model_weights(state, "")  # pops what it loads
+    loaded = base.diffusion_model.state_dict()
+    assert sum(v.numel() for v in loaded.values()) == expected and not state, "the test FLUX.1 layout is not ComfyUI's"
+    assert all(torch.equal(loaded[k], v) for k, v in probes.items())
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(base, cpu, cpu)
 
 
 def write_models(models_dir: str, flux_double=1, flux_single=1) -> dict:

@@ -77,3 +77,19 @@ def _release_memory_after_each_module():
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed arenas otherwise
     except (OSError, AttributeError):
         pass
+
+
+@pytest.fixture(scope="session")
+def comfy_models(tmp_path_factory):
+    """One set of generated model files (full-width Flux, full-size PuLID and EVA-CLIP, ~3 GB) for every
+    real-ComfyUI test, in-process or server: written once per run, removed at the end. Skips without ComfyUI."""
+    import shutil
+
+    import comfy_harness as H
+    import server_harness as S
+
+    H.import_comfyui()
+    root = tmp_path_factory.mktemp("models")
+    paths = dict(S.write_test_models(str(root)), root=str(root))
+    yield paths
+    shutil.rmtree(root, ignore_errors=True)

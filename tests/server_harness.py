@@ -66,18 +66,26 @@ def write_taesd_vae(path: str, latent_channels: int = 16, seed: int = 0) -> str:
     return path
 
 
-def prepare_base_directory(base: str) -> dict:
-    """custom_nodes/ (this repo as the pack, the test node pack) and models/ (tiny Flux, full-size PuLID and
-    EVA-CLIP, fake antelopev2, random BiSeNet, TAESD-layout VAE). Needs ComfyUI imported (H.import_comfyui)."""
+def write_test_models(models: str) -> dict:
+    """Few-block Flux, full-size PuLID and EVA-CLIP, fake antelopev2, random BiSeNet, TAESD-layout VAE (~3 GB).
+    Needs ComfyUI imported (H.import_comfyui)."""
+    paths = H.write_models(models)
+    paths["vae"] = write_taesd_vae(os.path.join(models, "vae", TEST_VAE))
+    return paths
+
+
+def prepare_base_directory(base: str, models: str | None = None) -> None:
+    """custom_nodes/ (this repo as the pack, the test node pack) and models/: a link to `models` when given (the
+    tests' session-wide `comfy_models`, so servers share one set of files), else freshly written test models."""
     nodes_dir = os.path.join(base, "custom_nodes")
     os.makedirs(os.path.join(nodes_dir, "pulid_test_conditioning"), exist_ok=True)
     os.symlink(H.REPO_ROOT, os.path.join(nodes_dir, PACK_DIR_NAME))
     with open(os.path.join(nodes_dir, "pulid_test_conditioning", "__init__.py"), "w", encoding="utf-8") as f:
         f.write(TEST_NODES_SOURCE)
-    models = os.path.join(base, "models")
-    paths = H.write_models(models)
-    paths["vae"] = write_taesd_vae(os.path.join(models, "vae", TEST_VAE))
-    return paths
+    if models is None:
+        write_test_models(os.path.join(base, "models"))
+    else:
+        os.symlink(models, os.path.join(base, "models"))
 
 
 class ComfyServer:

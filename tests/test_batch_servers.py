@@ -4,7 +4,6 @@ interrupted batch resumes with exactly the missing jobs, a refused graph stops a
 alone. Scores come from a test similarity node that answers like the pack's Face similarity node."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -45,10 +44,9 @@ NODE_CLASS_MAPPINGS = {"PulidTestFaceSimilarity": PulidTestFaceSimilarity}
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    H.import_comfyui()
+def servers(tmp_path_factory, comfy_models):
     base = str(tmp_path_factory.mktemp("batch_base"))
-    S.prepare_base_directory(base)
+    S.prepare_base_directory(base, comfy_models["root"])
     os.makedirs(os.path.join(base, "custom_nodes", "pulid_test_similarity"))
     with open(os.path.join(base, "custom_nodes", "pulid_test_similarity", "__init__.py"), "w") as f:
         f.write(SIMILARITY_NODE)
@@ -69,7 +67,6 @@ def servers(tmp_path_factory):
     finally:
         for server in started:
             server.__exit__(None, None, None)
-        shutil.rmtree(os.path.join(base, "models"), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

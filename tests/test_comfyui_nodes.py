@@ -10,22 +10,12 @@ import comfy_harness as H
 pytestmark = pytest.mark.comfyui
 
 
-_shared = {}  # one set of models for every module that imports this fixture (the full-width files take GBs)
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    if "env" not in _shared:
-        _shared["env"] = _make_env(tmp_path_factory)
-    return _shared["env"]
-
-
-def _make_env(tmp_path_factory):
+def env(tmp_path_factory, comfy_models):
+    """The session's model files, loaded for one module at a time (released when the module ends)."""
     folder_paths = H.import_comfyui()
     root = tmp_path_factory.mktemp("comfy")
-    models = str(root / "models")
-    H.write_models(models)
-    H.register_folders(folder_paths, models)
+    H.register_folders(folder_paths, comfy_models["root"])
     pack = H.import_pack(str(root))
     import nodes as comfy_nodes
 
@@ -288,23 +278,12 @@ def test_non_flux_model_is_refused(env):
         apply(env, model=NotFlux())
 
 
-def test_tiny_flux_built_from_comfyui_classes(env, monkeypatch):
-    """ComfyUI's own Flux classes at a tiny width with the tiny PuLID layout."""
-    import comfy.model_patcher
-    import comfy.supported_models
-    import importlib
+def test_tiny_flux_loaded_through_comfyui_detection(env, monkeypatch):
+    """A narrow FLUX.1 (tiny PuLID layout) whose config ComfyUI derives from the key layout."""
     pack = env.pack
     from testing import pulid_fakes as fakes
     cfg = pack.pulid_flux.TINY
-    unet_config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16,
-                   "context_in_dim": 32, "hidden_size": cfg.img_dim, "mlp_ratio": 2.0, "num_heads": 2, "depth": 3,
-                   "depth_single_blocks": 5, "axes_dim": [4, 10, 10], "theta": 10000, "patch_size": 2,
-                   "qkv_bias": True, "guidance_embed": False}
-    base = comfy.supported_models.Flux(unet_config).get_model({})
-    torch.manual_seed(0)
-    for p in base.diffusion_model.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    model = comfy.model_patcher.ModelPatcher(base, torch.device("cpu"), torch.device("cpu"))
+    model = H.tiny_flux(cfg.img_dim, double=3, single=5, std=0.1)
     tiny = pack.pulid_flux.PulidFlux(cfg)
     tiny.load_state_dict(fakes.random_state_dict(cfg, dtype=torch.float32))
     tiny_bundle = pack.comfy_support.PulidModel("tiny", tiny, pack.comfy_support.managed(tiny.pulid_encoder, torch.float32),

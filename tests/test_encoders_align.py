@@ -3,6 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
+import tolerance as tol
+
 from encoders.images import FFHQ_TEMPLATE_512, align_face, ffhq_affine, limit_long_side, pad_for_detection, \
     to_rgb_list
 
@@ -66,7 +68,7 @@ def test_equals_independent_similarity_warp():
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     kps = (TEMPLATE @ (scale * rotation).T + shift).astype(np.float32)
     independent = similarity_lstsq(kps.astype(np.float64), TEMPLATE)
-    np.testing.assert_allclose(ffhq_affine(kps), independent, atol=1e-3)
+    tol.assert_close(ffhq_affine(kps), independent, np.float32, tol.OPS)
     expected = cv2.warpAffine(bgr, independent, (512, 512), borderValue=(135, 133, 132))
     ours = align_face(bgr, kps).astype(np.int16)
     assert np.abs(ours - expected).max() <= 2 and np.abs(ours - expected).mean() < 0.05

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tolerance as tol
 from encoders import load_face_analysis
 from encoders import similarity
 from pulid_flux import identity as ident
@@ -36,7 +37,7 @@ def write_raw(path, tensors, metadata):
 def test_build_normalises_arcface_and_shrinks_the_preview():
     identity = make_identity()
     assert identity.id_tokens.dtype == identity.uncond_tokens.dtype == torch.float32
-    assert torch.allclose(identity.arcface.norm(dim=-1), torch.ones(2), atol=1e-6)
+    tol.assert_close(identity.arcface.norm(dim=-1), torch.ones(2), torch.float32, tol.OPS)
     assert identity.preview.shape == (2, 128, 256, 3) and identity.preview.dtype == torch.uint8
     assert identity.meta["format"] == "pulid_flux_identity" and identity.meta["format_version"] == "1"
     assert identity.meta["references"] == "2" and identity.meta["use_gray"] == "true"
@@ -151,11 +152,11 @@ def test_blend_endpoints_are_exact_and_the_midpoint_is_the_weighted_mean():
     assert torch.equal(mid.id_tokens, (a.id_tokens + b.id_tokens) / 2)
     quarter = ident.blend_identities(a, b, 0.25)
     expected = (0.75 * a.id_tokens.double() + 0.25 * b.id_tokens.double()).float()
-    assert torch.allclose(quarter.id_tokens, expected, atol=1e-6, rtol=0)
-    assert torch.allclose(quarter.uncond_tokens, (0.75 * a.uncond_tokens.double() + 0.25 * b.uncond_tokens.double())
-                          .float(), atol=1e-6)
+    tol.assert_close(quarter.id_tokens, expected, torch.float32, tol.ROUNDING)
+    tol.assert_close(quarter.uncond_tokens, 0.75 * a.uncond_tokens.double() + 0.25 * b.uncond_tokens.double(),
+                     torch.float32, tol.ROUNDING)
     arc = F.normalize(0.75 * a.mean_arcface().double() + 0.25 * b.mean_arcface().double(), dim=0)
-    assert torch.allclose(quarter.mean_arcface().double(), arc, atol=1e-6)
+    tol.assert_close(quarter.mean_arcface(), arc, torch.float32, tol.OPS)
     assert quarter.meta["references"] == "4" and json.loads(quarter.meta["blend"])["ratio"] == 0.25
     assert a.id_tokens.equal(make_identity(1).id_tokens)  # inputs untouched
 
@@ -219,7 +220,7 @@ def group_photo():
 def test_a_reference_scores_1_against_itself_and_lower_against_another_face(analysis):
     ref, _ = similarity.reference_embedding(analysis, astronaut())
     scores = similarity.score_images(analysis, [astronaut(), group_photo()], ref[0])
-    assert abs(scores[0].score - 1.0) < 1e-6
+    tol.assert_close(scores[0].score, 1.0, np.float32, tol.OPS)
     assert scores[1].score < 0.999 and len(scores[1].faces) == 1
     # independent computation: the raw ArcFace of the other face, cosine in numpy
     from encoders.faces import arcface_embedding, detect_faces
@@ -230,7 +231,7 @@ def test_a_reference_scores_1_against_itself_and_lower_against_another_face(anal
     faces, _ = detect_faces(analysis, frame)
     other = arcface_embedding(analysis, frame, faces[0]).astype(np.float64)
     r = ref[0].double().numpy()
-    assert abs(scores[1].score - other @ r / np.linalg.norm(other) / np.linalg.norm(r)) < 1e-6
+    tol.assert_close(scores[1].score, other @ r / np.linalg.norm(other) / np.linalg.norm(r), np.float32, tol.OPS)
 
 
 def test_an_image_without_a_face_scores_0_with_a_note(analysis):

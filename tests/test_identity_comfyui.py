@@ -8,18 +8,17 @@ import pytest
 import torch
 
 import comfy_harness as H
+import tolerance as tol
 
 pytestmark = pytest.mark.comfyui
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, comfy_models):
     folder_paths = H.import_comfyui()
     root = tmp_path_factory.mktemp("comfy_identity")
-    models = str(root / "models")
-    H.write_models(models)
-    H.register_folders(folder_paths, models)
-    identities = os.path.join(models, "pulid", "identities")
+    H.register_folders(folder_paths, comfy_models["root"])
+    identities = str(root / "identities")
     folder_paths.add_model_folder_path("pulid_identities", identities, is_default=True)  # never ComfyUI's own tree
     pack = H.import_pack(str(root))
     import nodes as comfy_nodes
@@ -99,7 +98,7 @@ def test_identity_uncond_tokens_are_the_embeddings_uncond_tokens(env):
     assert torch.equal(identity.uncond_tokens, env.pulid.uncond_tokens())
     assert env.pulid.uncond_tokens() is env.pulid.uncond_tokens()  # cached once per model
     assert torch.equal(identity.id_tokens, emb.id_tokens)
-    assert torch.allclose(identity.arcface, torch.nn.functional.normalize(emb.arcface, dim=-1), atol=0)
+    tol.assert_close(identity.arcface, torch.nn.functional.normalize(emb.arcface, dim=-1), torch.float32, tol.ROUNDING)
 
 
 def test_apply_identity_loads_no_encoder(env, monkeypatch):
@@ -164,13 +163,14 @@ def test_face_similarity_node(env):
     node = env.N["PulidFluxFaceSimilarity"]()
     out = node.score(env.faces, torch.cat([black, env.image]), identity=identity)
     values = out["ui"]["pulid_similarity"]
-    assert len(values) == 2 and values[0] == 0.0 and abs(values[1] - 1.0) < 1e-6
+    assert len(values) == 2 and values[0] == 0.0
+    tol.assert_close(values[1], 1.0, torch.float32, tol.OPS)
     scores, text, best, best_image, annotated = out["result"]
     assert scores == values and best == 1 and torch.equal(best_image, env.image)
     assert "image 1: 0.0000 (no face detected)" in text and out["ui"]["text"] == [text]
     assert annotated.shape == (2, 512, 512, 3) and not torch.equal(annotated[1], env.image[0])
     by_photo = node.score(env.faces, env.image, reference=env.image)["ui"]["pulid_similarity"]
-    assert abs(by_photo[0] - 1.0) < 1e-6
+    tol.assert_close(by_photo[0], 1.0, torch.float32, tol.OPS)
     with pytest.raises(ValueError, match="needs an identity or a reference image"):
         node.score(env.faces, env.image)
 

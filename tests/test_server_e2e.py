@@ -3,7 +3,6 @@ every graph against the server's /object_info, the API example queued through th
 image comes back), its two kinds of errors, and the doctor command on the server's full-size model files."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,15 +20,11 @@ CLIENT_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    H.import_comfyui()  # skips without COMFYUI_PATH; the tiny Flux file is written with ComfyUI's own classes
+def server(tmp_path_factory, comfy_models):
     base = str(tmp_path_factory.mktemp("comfy_base"))
-    S.prepare_base_directory(base)
-    try:
-        with S.ComfyServer(H.comfyui_path(), base) as srv:
-            yield srv
-    finally:
-        shutil.rmtree(os.path.join(base, "models"), ignore_errors=True)  # ~3 GB; pytest keeps its tmp dirs
+    S.prepare_base_directory(base, comfy_models["root"])
+    with S.ComfyServer(H.comfyui_path(), base) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
