@@ -47,12 +47,23 @@ def _newer_files(root: str, since: float) -> list[str]:
     return found
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fail-on-skip", action="store_true",
+                     help="fail the run if any test was skipped (CI: with COMFYUI_PATH set, every tier must run)")
+
+
 def pytest_sessionstart(session):
     session.config._comfyui_start = time.time() - 1
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Fail the run if anything was written into the read-only ComfyUI checkout."""
+    """Fail the run if anything was written into the read-only ComfyUI checkout, or (--fail-on-skip) if a test
+    was skipped."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
+    if session.config.getoption("--fail-on-skip") and skipped:
+        print(f"\nERROR: {skipped} test(s) skipped with --fail-on-skip (the reasons are listed above)")
+        session.exitstatus = 1
     root = _comfyui_checkout()
     if root is None or not hasattr(session.config, "_comfyui_start"):
         return
