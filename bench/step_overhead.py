@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import import_comfyui, machine, timed_interleaved  # noqa: E402
 
-D, HEADS, MLP = 3072, 24, 4.0
+D = 3072  # FLUX.1 hidden size
 
 
 def flux_flops(n_img: int, n_txt: int, n_double: int, n_single: int) -> float:
@@ -31,19 +31,14 @@ def ca_flops(n_img: int, n_ca: int, id_tokens=32, inner=2048) -> float:
 
 
 def build(n_double, n_single, dtype, device):
-    import comfy.ldm.flux.model as flux_model
-    import comfy.ops
+    """Full-width FLUX.1 with few blocks, through ComfyUI's own loading path (its detection fills the config)."""
+    import comfy.sd
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = flux_model.Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                                hidden_size=D, mlp_ratio=MLP, num_heads=HEADS, depth=n_double,
-                                depth_single_blocks=n_single, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                                qkv_bias=True, guidance_embed=True, operations=comfy.ops.disable_weight_init,
-                                dtype=dtype, device=device)
-        for p in model.parameters():
-            p.data.normal_(0, 0.02)
-    return model.eval()
+    from testing.flux_fakes import random_flux1_state_dict
+
+    state = random_flux1_state_dict(n_double, n_single, seed=0, dtype=dtype)
+    patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
+    return patcher.model.diffusion_model.to(device).eval()
 
 
 def main():

@@ -83,6 +83,10 @@ def _release_memory_after_each_module():
         mm.unload_all_models()
         gc.collect()
         mm.cleanup_models()
+    give_memory_back()
+
+
+def give_memory_back() -> None:
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed arenas otherwise
@@ -102,5 +106,6 @@ def comfy_models(tmp_path_factory):
     H.import_comfyui()
     root = tmp_path_factory.mktemp("models")
     paths = dict(S.write_test_models(str(root)), root=str(root))
+    give_memory_back()  # the generated weights (GBs) are on disk now; servers start next
     yield paths
     shutil.rmtree(root, ignore_errors=True)
