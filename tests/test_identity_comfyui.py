@@ -3,7 +3,6 @@ Save -> load -> Apply identity is bit-identical to ApplyPulidFlux; Apply identit
 import logging
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -28,6 +27,7 @@ def env(tmp_path_factory, comfy_models):
 
     e = Env()
     e.pack, e.comfy_nodes, e.folder_paths, e.identities = pack, comfy_nodes, folder_paths, identities
+    e.models = comfy_models["root"]
     e.model = comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "default")[0]
     n = pack.nodes
     e.pulid = n.PulidFluxModelLoader().load_model("pulid_flux_v0.9.1.safetensors")[0]
@@ -221,7 +221,7 @@ def test_encode_identity_shares_the_embedding_cache(env, monkeypatch):
     identity, _ = encode(env)
     env.pack.nodes.ApplyPulidFlux().apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, env.image, 0.5, 0.0, 1.0)
     assert calls == [] and identity.meta["references"] == "1"
-    assert np.isclose(float(identity.arcface.norm()), 1.0)
+    tol.assert_close(identity.arcface.norm(), 1.0, torch.float32, tol.OPS)
 
 
 def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
@@ -234,8 +234,8 @@ def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
     photo = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(photo)
     out = tmp_path / "cli.safetensors"
-    models = os.path.dirname(os.path.dirname(env.identities))
-    cmd = [sys.executable, "-m", "pulid_tools", "identity", "--face", str(photo), "--models", models, "--out", str(out)]
+    cmd = [sys.executable, "-m", "pulid_tools", "identity", "--face", str(photo), "--models", env.models, "--out",
+           str(out)]
     result = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out) and "6/6" in result.stderr  # tqdm: 4 models, 1 photo, ID encoder

@@ -24,7 +24,17 @@ REPO = H.REPO_ROOT
 UI_FILES = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
 API_FILES = sorted(glob.glob(os.path.join(REPO, "examples", "api", "*.json")))
 BATCH_FILES = sorted(glob.glob(os.path.join(REPO, "examples", "batch", "*.json")))
-COMPAT_FILES = sorted(glob.glob(os.path.join(os.path.dirname(REPO), "shared", "compat", "*.json")))
+
+
+def _compat_files() -> list[str]:
+    """The original pack's saved workflows: in shared/ beside this checkout (CI), else beside the ComfyUI checkout."""
+    dirs = [os.path.join(os.path.dirname(REPO), "shared", "compat")]
+    if H.comfyui_path():
+        dirs.append(os.path.join(os.path.dirname(H.comfyui_path()), "compat"))
+    return next((files for files in (sorted(glob.glob(os.path.join(d, "*.json"))) for d in dirs) if files), [])
+
+
+COMPAT_FILES = _compat_files()
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 GGUF_NODES = {"UnetLoaderGGUF", "DualCLIPLoaderGGUF"}  # city96/ComfyUI-GGUF, used by one of balazik's workflows
 FILE_INPUTS = {"unet_name", "clip_name1", "clip_name2", "vae_name", "pulid_file", "eva_file", "image", "identity_file"}
