@@ -21,14 +21,17 @@ def tree_rss(root: psutil.Process) -> int:
 
 def main() -> int:
     child = subprocess.Popen(sys.argv[1:])
-    root, peak, start = psutil.Process(child.pid), 0, time.monotonic()
+    root, peak, peak_at, start = psutil.Process(child.pid), 0, 0.0, time.monotonic()
     while child.poll() is None:
         try:
-            peak = max(peak, tree_rss(root))
+            rss = tree_rss(root)
         except psutil.Error:
-            pass
+            rss = 0
+        if rss > peak:
+            peak, peak_at = rss, time.monotonic() - start
         time.sleep(0.25)
-    print(f"peak RSS (process tree): {peak / 2**30:.1f} GiB; wall time {time.monotonic() - start:.0f} s", flush=True)
+    print(f"peak RSS (process tree): {peak / 2**30:.1f} GiB at {peak_at:.0f} s; wall time "
+          f"{time.monotonic() - start:.0f} s", flush=True)
     return child.returncode
 
 
