@@ -137,6 +137,16 @@ class ComfyServer:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")[-chars:]
 
+    def free_models(self, timeout: float = 30.0) -> None:
+        """ComfyUI's POST /free: unload the models and drop the cached node outputs (done by the idle worker), so
+        a test that loads full-size models in another process does not hold them twice."""
+        request = urllib.request.Request(self.url + "/free", method="POST",
+                                         data=json.dumps({"unload_models": True, "free_memory": True}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            assert r.status == 200
+        time.sleep(2)  # the idle worker wakes on the flags and unloads; give it a moment
+
     def get_json(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             return json.loads(r.read())
