@@ -62,7 +62,7 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
     if session.config.getoption("--fail-on-skip") and skipped:
-        print(f"\nERROR: {skipped} test(s) skipped with --fail-on-skip (the reasons are listed above)")
+        print(f"\nERROR: {skipped} test(s) skipped with --fail-on-skip (the short test summary gives their reasons)")
         session.exitstatus = 1
     root = _comfyui_checkout()
     if root is None or not hasattr(session.config, "_comfyui_start"):
