@@ -9,12 +9,12 @@ import weakref
 
 import torch
 
-import comfy.model_base
 import comfy.patcher_extension
 import folder_paths
 
 from . import comfy_support as support
 from .pulid_flux import injection_points
+from .pulid_flux.family import check_flux1
 from .pulid_flux.identity import (Identity, IdentityFileError, build_identity, file_fingerprint, load_identity,
                                   sanitise_name, save_identity, tensors_fingerprint)
 from .pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper, check_apply_inputs
@@ -59,13 +59,8 @@ def pulid_fingerprint(pulid: support.PulidModel) -> str:
 
 
 def check_flux(model) -> tuple[int, int]:
-    base = model.model
-    radiance = getattr(comfy.model_base, "ChromaRadiance", ())
-    dm = getattr(base, "diffusion_model", None)
-    if not isinstance(base, comfy.model_base.Flux) or isinstance(base, radiance) or not hasattr(dm, "single_blocks"):
-        raise ValueError(f"ApplyPulidFlux needs a FLUX.1 model (dev, schnell, Krea, Kontext) or Chroma; got "
-                         f"{type(base).__name__}. Connect the MODEL output of a Flux checkpoint/UNet loader.")
-    return len(dm.double_blocks), len(dm.single_blocks)
+    """(double, single) blocks of a FLUX.1-family model; refuses every other family (pulid_flux/family.py)."""
+    return check_flux1(getattr(model, "model", None))
 
 
 def check_model(model, pulid, weight, start_at, end_at) -> dict:
@@ -118,6 +113,7 @@ def check_identity_matches(pulid, identity: Identity) -> None:
 def apply_identity(model, pulid, identity: Identity, weight, start_at, end_at, attn_mask=None, uncond="same"):
     """A patched clone of the Flux model: the identity's ID tokens through the PuLID cross-attentions. Needs no
     encoder: neither EVA-CLIP, InsightFace, BiSeNet nor the ID encoder is loaded."""
+    check_flux(model)  # the model's family first: an identity cannot make a FLUX.2 model servable
     check_identity_matches(pulid, identity)
     return patch_model(model, pulid, identity.id_tokens, identity.uncond_tokens, weight, start_at, end_at,
                        attn_mask, uncond)
