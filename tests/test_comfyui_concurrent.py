@@ -93,11 +93,9 @@ def copies(model, kind):
 
 LEFT_HALF = torch.zeros(1, 128, 128)
 LEFT_HALF[..., :64] = 1
-CASES = {
+CASES = {  # (Apply options, cfg): every piece of per-sampling state is in play in the second
     "one_pass": (dict(), 1.0),
-    "true_cfg_uncond_id": (dict(uncond="uncond_id"), 3.0),
-    "mask": (dict(mask=LEFT_HALF), 1.0),
-    "window": (dict(start_at=0.3, end_at=0.7), 1.0),
+    "true_cfg_uncond_id_mask_window": (dict(uncond="uncond_id", mask=LEFT_HALF, start_at=0.3, end_at=0.7), 3.0),
 }
 
 
@@ -126,3 +124,43 @@ def test_two_copies_sampled_at_once_equal_serial_runs(cenv, kind, case):
             t.join()
         differing += [(r, i) for i in range(2) if results[i] is None or not torch.equal(results[i], serial[i])]
     assert differing == [], f"{len(differing)} of {2 * ROUNDS} concurrent results differ from serial: {differing}"
+
+
+def _own_weights(twin, app):
+    held = twin.get_additional_models_with_key("pulid_flux")
+    assert len(held) == 1 and held[0].load_device == twin.load_device
+    ca = held[0].model.inner
+    assert app.weights_for(twin.load_device) is ca and app.weights_for(torch.device("cpu")) is app.ca
+    for mine, main in zip(ca.parameters(), app.ca.parameters()):
+        assert torch.equal(mine, main) and mine.data_ptr() != main.data_ptr()
+    return held[0]
+
+
+def test_a_copy_on_another_device_carries_its_own_pulid_weights(cenv):
+    """MultiGPU twins (v0.29) get their own cross-attentions, loaded with them on their device; the twin made
+    before Apply (MultiGPU node, then Apply) gets them when ComfyUI matches the twins at sampling. Where ComfyUI has
+    no MultiGPU, Apply registers nothing for it."""
+    import comfy.model_patcher
+    import comfy.patcher_extension as ext
+
+    model = patched(cenv)
+    app = model.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].app
+    if not hasattr(comfy.model_patcher.ModelPatcher, "deepclone_multigpu"):
+        assert not any("multigpu" in k for k in model.callbacks)
+        return
+    other = torch.device("cpu", 1)  # a second device as ComfyUI keys it; nothing is sampled there
+    twin = model.deepclone_multigpu(new_load_device=other)
+    weights = _own_weights(twin, app)
+    main = model.clone()
+    main.set_additional_models("multigpu", [twin])
+    main.match_multigpu_clones()
+    matched = main.get_additional_models_with_key("multigpu")[0]
+    assert _own_weights(matched, app) is weights  # one copy per device, reused
+    # MultiGPU first, Apply after: the twin predates the patch
+    base = cenv.model.clone()
+    base.set_additional_models("multigpu", [base.deepclone_multigpu(new_load_device=other)])
+    late = cenv.pack.identity_support.patch_model(base, cenv.pulid, cenv.id_tokens, None, 1.0, 0.0, 1.0)
+    late.match_multigpu_clones()
+    late_app = late.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].app
+    _own_weights(late.get_additional_models_with_key("multigpu")[0], late_app)
+    assert ext.CallbacksMP.ON_DEEPCLONE_MULTIGPU in model.callbacks

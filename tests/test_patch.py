@@ -125,11 +125,12 @@ def test_outer_sample_wrapper_reads_the_schedule_at_sampling_time(pulid):
         class_obj = Guider()
 
         def __call__(self, *a):
-            seen["range"] = app.sigma_range
+            seen["range"] = app.current_run({}).sigma_range
             return "samples"
 
     assert app.outer_sample(Executor(), 1, 2) == "samples"
     assert seen["range"] == (0.9, 0.0)
+    assert app.sigma_range == (0.5, 0.0) and app.current_run({}).sigma_range == (0.5, 0.0)  # for that run only
 
 
 def test_kontext_reference_tokens_and_text_are_untouched(pulid):
@@ -144,7 +145,8 @@ def test_kontext_reference_tokens_and_text_are_untouched(pulid):
     app = app_for(pulid, tokens)
     seen = []
     orig = app.inject
-    app.inject = lambda out, args, ca, kind: (seen.append(app.forward_info.img_tokens), orig(out, args, ca, kind))
+    app.inject = lambda out, args, ca, kind: (seen.append(app.current_call(args["transformer_options"]).info.img_tokens),
+                                              orig(out, args, ca, kind))
     run(flux, x, ctx, 0.5, patch_options(flux, app), ref_latents=ref)
     assert seen == [24, 24]
 
