@@ -285,7 +285,7 @@ def test_non_flux_model_is_refused(env):
     class NotFlux:
         model = object()
 
-    with pytest.raises(ValueError, match="needs a FLUX.1 model"):
+    with pytest.raises(ValueError, match="This is a .* PuLID-Flux v0.9 works with FLUX.1 models"):
         apply(env, model=NotFlux())
 
 
