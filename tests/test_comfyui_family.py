@@ -64,3 +64,20 @@ def test_flux1_still_patches_and_its_base_model_stays_bit_identical(cenv):
     assert torch.equal(sample(cenv, base, 1, 0, 1.0), before)
     assert all(torch.equal(v, weights[k]) for k, v in base.model.state_dict().items())
     assert "patches_replace" not in base.model_options["transformer_options"]
+
+
+def test_a_pulid_file_made_for_another_width_is_still_refused(cenv):
+    from pulid_flux import TINY, PulidFlux
+    from testing.pulid_fakes import random_state_dict
+
+    cs = cenv.pack.comfy_support
+    weights = PulidFlux(TINY)
+    weights.load_state_dict(random_state_dict(TINY, dtype=torch.float32))
+    tiny = cs.PulidModel("tiny.safetensors", weights, cs.managed(weights.pulid_encoder, torch.float32),
+                         cs.managed(weights.pulid_ca, torch.float32))
+    before = _state(cenv.model)
+    tokens = torch.zeros(1, TINY.num_queries, TINY.output_dim)
+    with pytest.raises(ValueError, match=f"This Flux model has hidden size 3072; tiny.safetensors is made for "
+                                         f"{TINY.img_dim}."):
+        cenv.pack.identity_support.patch_model(cenv.model, tiny, tokens, None, 1.0, 0.0, 1.0)
+    assert _state(cenv.model) == before
