@@ -55,6 +55,8 @@ def refused_family(base_model: Any) -> str | None:
         return f"Flux-layout model with LongCat-Image/Ovis-Image text positions (ComfyUI config {config_name})"
     if unet.get("yak_mlp") or unet.get("txt_norm"):
         return f"Flux-layout model with an Ovis-Image MLP or text norm (ComfyUI config {config_name})"
+    if dm is None and config is None:
+        return f"non-diffusion-model input ({type(base_model).__name__})"
     if not (hasattr(dm, "double_blocks") and hasattr(dm, "single_blocks")):
         return f"{config_name or type(base_model).__name__} model without Flux blocks"
     if config is None or (FLUX1_CONFIGS & set(_config_names(config))

@@ -55,7 +55,8 @@ REFUSED = {  # stand-in -> the name the message must give
     "SD3": (Base(config_class("SD3"), {"in_channels": 16}, object()), "Stable Diffusion 3"),
     "SDXL": (Base(config_class("SDXL"), {"model_channels": 320}, object()), "SDXL"),
     "an unknown DiT with Flux block names": (Base(config_class("SomeDiT"), {"image_model": "somedit"}), "SomeDiT"),
-    "not a model": (Base(None, dm=object()), "Base model without Flux blocks"),
+    "a model without Flux blocks": (Base(None, dm=object()), "Base model without Flux blocks"),
+    "not a model": (object(), "non-diffusion-model input (object)"),
 }
 
 
