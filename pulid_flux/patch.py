@@ -319,7 +319,7 @@ class PulidApplication(_Shared):
                 self._warn_once(call.run, "empty_mask", "PuLID-Flux: the attn_mask covers no part of the image (all "
                                                         "black at this size): this identity adds nothing.")
                 return
-        self._update(call.run, region, ca_index, layout, rows, token_weights, tokens)
+        self._update(region, ca_index, layout, rows, token_weights, tokens, call.run)
 
     @staticmethod
     def _warn_once(run: SamplingRun, what: str, message: str) -> None:
@@ -328,7 +328,7 @@ class PulidApplication(_Shared):
             run.warned.add(what)
             log.warning(message)
 
-    def _update(self, run, region, ca_index, layout, rows, token_weights, tokens) -> None:
+    def _update(self, region, ca_index, layout, rows, token_weights, tokens, run: SamplingRun) -> None:
         """region[rows][:, tokens] += weight * CA(...); a plain in-place update when nothing is selected."""
         cas = self.weights_for(region.device)
         ca = cas[ca_index]
