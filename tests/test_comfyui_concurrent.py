@@ -108,6 +108,10 @@ def test_two_copies_sampled_at_once_equal_serial_runs(cenv, kind, case):
     serial = [sample(cenv, m, seed, cond, cfg) for m, seed, cond in jobs]
     assert (serial[0] - plain_sample(cenv, cfg)).abs().max() > 1e-4  # the identity acts (else equality proves nothing)
     differing = []
+    # As MultiGPU does (prepare_sampling, one thread): every copy loaded before the threads start, so no thread's
+    # model management unloads the other's model mid-run (ComfyUI's loader is not made for concurrent calls).
+    import comfy.model_management
+    comfy.model_management.load_models_gpu([a, b, cenv.pulid.ca])
     for r in range(ROUNDS):
         results = [None, None]
         start = threading.Barrier(2)
