@@ -3,18 +3,20 @@ patching path behind ApplyPulidFlux and Apply identity), load/save in the folder
 The maths and the file format live in pulid_flux/identity.py and encoders/similarity.py."""
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import weakref
 
 import torch
 
-import comfy.model_base
+import comfy.model_patcher
 import comfy.patcher_extension
 import folder_paths
 
 from . import comfy_support as support
 from .pulid_flux import injection_points
+from .pulid_flux.family import check_flux1
 from .pulid_flux.identity import (Identity, IdentityFileError, build_identity, file_fingerprint, load_identity,
                                   sanitise_name, save_identity, tensors_fingerprint)
 from .pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper, check_apply_inputs
@@ -59,13 +61,8 @@ def pulid_fingerprint(pulid: support.PulidModel) -> str:
 
 
 def check_flux(model) -> tuple[int, int]:
-    base = model.model
-    radiance = getattr(comfy.model_base, "ChromaRadiance", ())
-    dm = getattr(base, "diffusion_model", None)
-    if not isinstance(base, comfy.model_base.Flux) or isinstance(base, radiance) or not hasattr(dm, "single_blocks"):
-        raise ValueError(f"ApplyPulidFlux needs a FLUX.1 model (dev, schnell, Krea, Kontext) or Chroma; got "
-                         f"{type(base).__name__}. Connect the MODEL output of a Flux checkpoint/UNet loader.")
-    return len(dm.double_blocks), len(dm.single_blocks)
+    """(double, single) blocks of a FLUX.1-family model; refuses every other family (pulid_flux/family.py)."""
+    return check_flux1(getattr(model, "model", None))
 
 
 def check_model(model, pulid, weight, start_at, end_at) -> dict:
@@ -118,6 +115,7 @@ def check_identity_matches(pulid, identity: Identity) -> None:
 def apply_identity(model, pulid, identity: Identity, weight, start_at, end_at, attn_mask=None, uncond="same"):
     """A patched clone of the Flux model: the identity's ID tokens through the PuLID cross-attentions. Needs no
     encoder: neither EVA-CLIP, InsightFace, BiSeNet nor the ID encoder is loaded."""
+    check_flux(model)  # the model's family first: an identity cannot make a FLUX.2 model servable
     check_identity_matches(pulid, identity)
     return patch_model(model, pulid, identity.id_tokens, identity.uncond_tokens, weight, start_at, end_at,
                        attn_mask, uncond)
@@ -137,7 +135,47 @@ def patch_model(model, pulid, id_tokens, uncond_tokens, weight, start_at, end_at
         patched.set_model_patch_replace(patch, "dit", kind, i)
     for wrapper_type, fn in app.wrappers().items():  # OUTER_SAMPLE, APPLY_MODEL, DIFFUSION_MODEL
         patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, SharedWrapper(fn))
+    twin_weights = TwinWeights(app, pulid)
+    for event in ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES"):  # v0.29's MultiGPU; absent before
+        if hasattr(comfy.patcher_extension.CallbacksMP, event):
+            patched.add_callback_with_key(getattr(comfy.patcher_extension.CallbacksMP, event), WRAPPER_KEY, twin_weights)
     return patched
+
+
+class TwinWeights:
+    """MultiGPU (v0.29) samples a copy of the patched model on each extra device, in its own thread, with the same
+    patch objects. This gives each such copy its own PuLID cross-attentions, a model ComfyUI loads on the copy's
+    device with it (an additional model of the copy), and tells the application to use them for work on that
+    device. One copy per device, reused while any model copy holds it."""
+
+    def __init__(self, app: PulidApplication, pulid: support.PulidModel):
+        self.app, self.pulid = app, pulid
+        self.copies: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()  # device -> ModelPatcher
+
+    def __call__(self, original, copy_patcher) -> None:
+        device = copy_patcher.load_device
+        if device == self.pulid.ca.load_device:
+            return
+        weights = self.copies.get(device)
+        if weights is None:
+            weights = self._copy_for(device)
+            self.copies[device] = weights
+        held = copy_patcher.get_additional_models_with_key(WRAPPER_KEY)
+        if not any(m is weights for m in held):
+            copy_patcher.set_additional_models(WRAPPER_KEY, held + [weights])
+        self.app.add_weights_for(device, weights.model.inner)
+
+    def _copy_for(self, device):
+        """A ModelPatcher of a copy of the cross-attentions, made on the offload device (never a second copy on the
+        main device), loaded on `device` by ComfyUI when the model copy is."""
+        source = self.pulid.ca
+        offload = source.offload_device
+        memo = {id(t): (torch.nn.Parameter(t.detach().to(offload, copy=True), requires_grad=False)
+                        if isinstance(t, torch.nn.Parameter) else t.detach().to(offload, copy=True))
+                for t in list(source.model.inner.parameters()) + list(source.model.inner.buffers())}
+        inner = copy.deepcopy(source.model.inner, memo)
+        return comfy.model_patcher.ModelPatcher(support.ManagedModule(inner, source.model.dtype), load_device=device,
+                                                offload_device=offload)
 
 
 def load_from_folder(file_name: str) -> Identity:

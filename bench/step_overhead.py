@@ -94,7 +94,7 @@ def main():
             flux(x, t, ctx, y, guidance, transformer_options=dict(base_opts))
 
         def patched():
-            app._kv.clear()  # as at the start of a sampling run: keys/values once per run, not per step
+            app._loose_run.kv.clear()  # as at the start of a sampling run: keys/values once per run, not per step
             flux(x, t, ctx, y, guidance, transformer_options=dict(patched_opts))
 
         def reference():

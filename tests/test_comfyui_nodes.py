@@ -123,7 +123,8 @@ def test_sigma_window_follows_model_sampling_placed_after_apply(env):
     app = dit_patch(patched).app
     record = []
     orig = app._window_open
-    app._window_open = lambda sigma: (lambda r: (record.append((float(sigma.reshape(-1)[0]), r)), r)[1])(orig(sigma))
+    app._window_open = lambda sigma, window: (lambda r: (record.append((float(sigma.reshape(-1)[0]), r)), r)[1])(
+        orig(sigma, window))
     try:
         import comfy_extras.nodes_model_advanced as adv
         shifted = adv.ModelSamplingFlux().patch(patched, 3.0, 0.5, 1024, 1024)[0]
@@ -274,7 +275,7 @@ def test_non_flux_model_is_refused(env):
     class NotFlux:
         model = object()
 
-    with pytest.raises(ValueError, match="needs a FLUX.1 model"):
+    with pytest.raises(ValueError, match="This is a .* PuLID-Flux v0.9 works with FLUX.1 models"):
         apply(env, model=NotFlux())
 
 

@@ -126,11 +126,12 @@ def test_outer_sample_wrapper_reads_the_schedule_at_sampling_time(pulid):
         class_obj = Guider()
 
         def __call__(self, *a):
-            seen["range"] = app.sigma_range
+            seen["range"] = app.current_run({}).sigma_range
             return "samples"
 
     assert app.outer_sample(Executor(), 1, 2) == "samples"
     assert seen["range"] == (0.9, 0.0)
+    assert app.sigma_range == (0.5, 0.0) and app.current_run({}).sigma_range == (0.5, 0.0)  # for that run only
 
 
 def test_kontext_reference_tokens_and_text_are_untouched(pulid):
@@ -145,7 +146,8 @@ def test_kontext_reference_tokens_and_text_are_untouched(pulid):
     app = app_for(pulid, tokens)
     seen = []
     orig = app.inject
-    app.inject = lambda out, args, ca, kind: (seen.append(app.forward_info.img_tokens), orig(out, args, ca, kind))
+    app.inject = lambda out, args, ca, kind: (seen.append(app.current_call(args["transformer_options"]).info.img_tokens),
+                                              orig(out, args, ca, kind))
     run(flux, x, ctx, 0.5, patch_options(flux, app), ref_latents=ref)
     assert seen == [24, 24]
 
@@ -320,3 +322,33 @@ def test_mask_covering_no_token_adds_nothing_and_logs_once(pulid, caplog):
     lines = [r.getMessage() for r in caplog.records if "attn_mask" in r.getMessage()]
     assert lines == ["PuLID-Flux: the attn_mask covers no part of the image (all black at this size): this "
                      "identity adds nothing."]
+
+
+@pytest.mark.parametrize("pass_options", [True, False], ids=["blocks_get_options", "forward_without_options"])
+def test_model_calls_in_two_threads_keep_their_own_state(pulid, pass_options):
+    """Two threads calling one application at once (clones sampled together, v0.29's MultiGPU twins): one at a
+    sigma inside the window with a cond/uncond batch, one outside it with another grid. Each call's window
+    decision, layout and text length must stay its own."""
+    import threading
+
+    flux = MiniFlux(n_double=3, n_single=5)
+    app = app_for(pulid, id_tokens(20), start=0.25, end=0.75, uncond_tokens=id_tokens(21), uncond="uncond_id")
+    opts = patch_options(flux, app)
+    jobs = [(inputs(batch=2, seed=1), 0.5, dict(opts, cond_or_uncond=[1, 0])),
+            (inputs(batch=1, h=12, w=8, seed=2), 0.9, opts)]
+    serial = [run(flux, x, ctx, sigma, o, pass_options=pass_options) for (x, ctx), sigma, o in jobs]
+    assert not torch.equal(serial[0], run(flux, *jobs[0][0], 0.5, {}))  # the identity acts in the first
+    wrong = []
+
+    def loop(i):
+        (x, ctx), sigma, o = jobs[i]
+        for _ in range(30):
+            if not torch.equal(run(flux, x, ctx, sigma, o, pass_options=pass_options), serial[i]):
+                wrong.append(i)
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []

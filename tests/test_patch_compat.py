@@ -75,7 +75,7 @@ def test_window_is_decided_once_per_call_even_without_the_apply_model_wrapper(pu
     opts = patch_options(flux, app)
     decisions = []
     real = app._window_open
-    app._window_open = lambda sigma: (decisions.append(float(sigma[0])), real(sigma))[1]
+    app._window_open = lambda sigma, window: (decisions.append(float(sigma[0])), real(sigma, window))[1]
     for sigma, on in [(0.9, False), (0.5, True)]:
         t = torch.full((1,), sigma)
         with torch.no_grad():
