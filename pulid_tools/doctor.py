@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from . import doctor_checks as checks
+from . import doctor_checks as checks, versions
 from .doctor_checks import Finding
 from .model_paths import ConfigError, resolve
 
@@ -104,10 +104,12 @@ def diagnose(args, eva_config=None, out=None) -> list[Finding]:
         return [finding]
     if not os.path.isdir(folders.models_dir):
         print(f"note: {folders.models_dir} does not exist; is {args.comfyui} a ComfyUI folder?", file=out)
-    print(f"PuLID-Flux doctor: models under {folders.models_dir}; extra_model_paths.yaml: "
+    print(f"PuLID-Flux doctor (pack version {versions.PACK_VERSION}): models under {folders.models_dir}; extra_model_paths.yaml: "
           f"{', '.join(folders.yaml_files) or 'none'}", file=out)
-    findings = [checks.timed(checks.check_packages)]
-    print_finding(findings[-1], out)
+    findings = []
+    for check, *check_args in ((checks.check_comfyui, os.path.abspath(args.comfyui)), (checks.check_packages,)):
+        findings.append(checks.timed(check, *check_args))
+        print_finding(findings[-1], out)
     try:
         encoders, pulid_flux = checks.import_pack_parts()
     except Exception as e:  # noqa: BLE001

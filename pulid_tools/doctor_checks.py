@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import catalog
+from . import catalog, versions
 from .model_paths import ModelFolders, list_files
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +71,29 @@ def find_by_name(root: str, file_name: str, max_depth: int = 5) -> list[str]:
         if file_name in files:
             found.append(folder)
     return found
+
+
+# --- ComfyUI itself -----------------------------------------------------------------------------------------
+def check_comfyui(comfyui: str) -> Finding:
+    """The ComfyUI version at `comfyui` (its comfyui_version.py, read as text) against the range CI tests."""
+    oldest, newest = versions.TESTED_COMFYUI
+    tested = f"the versions tested in CI: v{oldest} to v{newest}"
+    found = versions.read_comfyui_version(comfyui)
+    if found is None:
+        return Finding("warn", "ComfyUI version unknown",
+                       [f"{os.path.join(comfyui, 'comfyui_version.py')} is missing or holds no __version__ "
+                        f"(every ComfyUI since v0.3 has it)"],
+                       [f"pass --comfyui the ComfyUI folder (the one with main.py); {tested}"])
+    where = versions.compare_to_tested(found)
+    if where == "tested":
+        return Finding("ok", f"ComfyUI {found}", [f"{comfyui}: within {tested}"])
+    if where == "older":
+        return Finding("warn", f"ComfyUI {found}", [f"{comfyui}: older than {tested}"],
+                       ["update ComfyUI (git pull in its folder, or ComfyUI-Manager > Update ComfyUI)"])
+    if where == "newer":
+        return Finding("warn", f"ComfyUI {found}", [f"{comfyui}: newer than {tested}; it may well work"],
+                       ["if a PuLID-Flux node fails, report it with this ComfyUI version"])
+    return Finding("warn", f"ComfyUI {found}", [f"{comfyui}: this version cannot be compared with {tested}"])
 
 
 # --- Python packages ----------------------------------------------------------------------------------

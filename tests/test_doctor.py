@@ -16,7 +16,9 @@ from PIL import Image
 from testing import encoder_fakes as enc_fakes
 from pulid_flux import TINY
 from testing.pulid_fakes import write_pulid_file
-from pulid_tools import catalog, doctor, model_paths
+from pulid_tools import catalog, doctor, model_paths, versions
+
+COMFYUI = os.path.abspath(os.environ["COMFYUI_PATH"]) if os.environ.get("COMFYUI_PATH") else None
 
 
 def run_doctor(comfyui, *extra):
@@ -51,6 +53,7 @@ def comfyui(tmp_path):
     root = tmp_path / "ComfyUI"
     for sub in ("pulid", "clip", "insightface", "facexlib"):
         (root / "models" / sub).mkdir(parents=True)
+    (root / "comfyui_version.py").write_text(f'__version__ = "{versions.TESTED_COMFYUI[-1]}"\n')
     return root
 
 
@@ -79,7 +82,7 @@ def test_complete_install_loads_everything_and_previews_a_face(comfyui, tmp_path
     preview = tmp_path / "preview" / "face.png"
     code, out = run_doctor(comfyui, "--face", str(face), "--preview", str(preview))
     assert code == 0, out
-    assert "[FAIL]" not in out and out.count("[ok]") == 5 and out.count("[warn]") == 2
+    assert "[FAIL]" not in out and out.count("[ok]") == 6 and out.count("[warn]") == 2
     assert "pulid_flux_v0.9.1.safetensors: loads (NOT the official size" in out  # the tiny stand-in
     assert "EVA02_CLIP_L_336_psz14_s6B.pt: loads  <- used by eva_file 'auto'" in out
     assert "1 face(s) detected" in out and f"ID tokens from the PuLID encoder: [1, {TINY.num_queries}, " in out
@@ -156,3 +159,24 @@ def test_wrong_files_are_explained(comfyui, write_pack_models):
     renamed = os.path.join(models, "clip", "EVA02_CLIP_L_336_open_clip_model.safetensors")
     assert f"the loader only lists names containing 'eva02' or 'eva_clip': rename it to {renamed}" in out
     assert "[FAIL] Face parsing BiSeNet" in out and "parsing_bisenet.pth: cannot be used" in out
+
+
+def test_doctor_names_the_comfyui_version_and_the_tested_range(tmp_path):
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    code, out = run_doctor(root)
+    assert "[warn] ComfyUI version unknown" in out and "comfyui_version.py is missing" in out
+    (root / "comfyui_version.py").write_text('__version__ = "0.31.2"\n')
+    code, out = run_doctor(root)
+    assert "[warn] ComfyUI 0.31.2" in out and "newer than the versions tested in CI: v0.3.64 to v0.29.0" in out
+    assert f"PuLID-Flux doctor (pack version {versions.PACK_VERSION})" in out
+
+
+@pytest.mark.skipif(not COMFYUI, reason="needs a real ComfyUI checkout (COMFYUI_PATH)")
+def test_doctor_reads_the_version_of_the_real_checkout(tmp_path):
+    """The checkout CI runs on is in the tested range (both ends are tested); nothing of it is imported."""
+    expected = versions.read_comfyui_version(COMFYUI)
+    assert expected in versions.TESTED_COMFYUI
+    code, out = run_doctor(COMFYUI, "--base-directory", str(tmp_path))
+    assert f"[ok]   ComfyUI {expected}\n" in out
+    assert f"{COMFYUI}: within the versions tested in CI: v0.3.64 to v0.29.0" in out
