@@ -40,7 +40,8 @@ def bisenet(tmp_path_factory):
 def write_pack_models(bisenet):
     def write(models, nested_antelopev2=False):
         write_pulid_file(os.path.join(models, "pulid", "pulid_flux_v0.9.1.safetensors"), TINY, seed=1)
-        enc_fakes.write_eva_baai(os.path.join(models, "clip", "EVA02_CLIP_L_336_psz14_s6B.pt"), enc_fakes.TINY_EVA)
+        enc_fakes.write_eva_baai(os.path.join(models, "clip_vision", "EVA02_CLIP_L_336_psz14_s6B.pt"),
+                                 enc_fakes.TINY_EVA)
         enc_fakes.write_antelopev2(os.path.join(models, "insightface", "models", "antelopev2"),
                                    nested=nested_antelopev2)
         os.makedirs(os.path.join(models, "facexlib"), exist_ok=True)
@@ -51,7 +52,7 @@ def write_pack_models(bisenet):
 @pytest.fixture
 def comfyui(tmp_path):
     root = tmp_path / "ComfyUI"
-    for sub in ("pulid", "clip", "insightface", "facexlib"):
+    for sub in ("pulid", "clip_vision", "insightface", "facexlib"):
         (root / "models" / sub).mkdir(parents=True)
     (root / "comfyui_version.py").write_text(f'__version__ = "{versions.TESTED_COMFYUI[-1]}"\n')
     return root
@@ -63,7 +64,7 @@ def test_empty_install_names_every_folder_to_create_and_file_to_download(tmp_pat
     code, out = run_doctor(root)
     assert code == 1
     models = os.path.join(str(root), "models")
-    for model, folder in ((catalog.PULID, "pulid"), (catalog.EVA_CLIP, "clip"), (catalog.PARSER, "facexlib")):
+    for model, folder in ((catalog.PULID, "pulid"), (catalog.EVA_CLIP, "clip_vision"), (catalog.PARSER, "facexlib")):
         assert f"create the folder {os.path.join(models, folder)}" in out
         assert f"download {model.url}" in out
         assert f"save it as {os.path.join(models, folder, model.name)}" in out
@@ -115,11 +116,11 @@ def test_models_found_through_extra_model_paths_yaml(tmp_path, write_pack_models
     root = tmp_path / "ComfyUI"
     root.mkdir()
     shared = tmp_path / "shared_models"
-    for sub in ("pulid", "clip", "insightface", "facexlib"):
+    for sub in ("pulid", "clip_vision", "insightface", "facexlib"):
         (shared / sub).mkdir(parents=True)
     write_pack_models(str(shared))
     (root / "extra_model_paths.yaml").write_text(
-        "mine:\n  base_path: ../shared_models\n  pulid: pulid\n  clip: clip\n  insightface: insightface\n"
+        "mine:\n  base_path: ../shared_models\n  pulid: pulid\n  clip_vision: clip_vision\n  insightface: insightface\n"
         "  facexlib: |\n    facexlib\n    other\n")
     code, out = run_doctor(root)
     assert code == 0, out
@@ -147,8 +148,9 @@ def test_wrong_files_are_explained(comfyui, write_pack_models):
     models = str(comfyui / "models")
     write_pack_models(models)
     save_file({"id_adapter.body.weight": torch.zeros(2)}, os.path.join(models, "pulid", "pulid_v1.1.safetensors"))
-    eva = os.path.join(models, "clip", "EVA02_CLIP_L_336_psz14_s6B.pt")
-    enc_fakes.write_eva_open_clip(os.path.join(models, "clip", "open_clip_model.safetensors"), enc_fakes.TINY_EVA)
+    eva = os.path.join(models, "clip_vision", "EVA02_CLIP_L_336_psz14_s6B.pt")
+    enc_fakes.write_eva_open_clip(os.path.join(models, "clip_vision", "open_clip_model.safetensors"),
+                                  enc_fakes.TINY_EVA)
     os.remove(eva)
     with open(os.path.join(models, "facexlib", "parsing_bisenet.pth"), "wb") as f:
         f.write(b"not a checkpoint")
@@ -156,7 +158,7 @@ def test_wrong_files_are_explained(comfyui, write_pack_models):
     assert code == 1
     assert "pulid_v1.1.safetensors: cannot be used" in out and "PuLID for SDXL" in out
     assert "[warn] PuLID-Flux weights" in out  # the v0.9.1 file still works
-    renamed = os.path.join(models, "clip", "EVA02_CLIP_L_336_open_clip_model.safetensors")
+    renamed = os.path.join(models, "clip_vision", "EVA02_CLIP_L_336_open_clip_model.safetensors")
     assert f"the loader only lists names containing 'eva02' or 'eva_clip': rename it to {renamed}" in out
     assert "[FAIL] Face parsing BiSeNet" in out and "parsing_bisenet.pth: cannot be used" in out
 
@@ -180,3 +182,35 @@ def test_doctor_reads_the_version_of_the_real_checkout(tmp_path):
     code, out = run_doctor(COMFYUI, "--base-directory", str(tmp_path))
     assert f"[ok]   ComfyUI {expected}\n" in out
     assert f"{COMFYUI}: within the versions tested in CI: v0.3.64 to v0.29.0" in out
+
+
+def test_eva_clip_is_looked_for_in_clip_vision_first_and_still_found_in_the_old_places(comfyui, write_pack_models):
+    models = str(comfyui / "models")
+    write_pack_models(models)
+    home = os.path.join(models, "clip_vision", "EVA02_CLIP_L_336_psz14_s6B.pt")
+    old = {folder: os.path.join(models, folder, f"eva02_clip_l_336_{folder}.pt") for folder in ("pulid", "clip")}
+    for path in old.values():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        shutil.copy(home, path)
+    code, out = run_doctor(comfyui)
+    assert code == 0, out
+    lines = [line.strip() for line in out.splitlines()]
+    used = lines.index(f"{home}: loads  <- used by eva_file 'auto'")
+    assert lines[used + 1] == f"{old['pulid']}: loads  (eva_file 'pulid/eva02_clip_l_336_pulid.pt')"
+    assert lines[used + 3] == f"{old['clip']}: loads  (eva_file 'text_encoders/eva02_clip_l_336_clip.pt')"
+    target = os.path.join(models, "clip_vision")
+    assert lines[used + 4] == (f"it works there; it could move to {target}{os.sep}, ComfyUI's folder for image "
+                               "encoders (in clip/ it shows in every text-encoder list)")
+    os.remove(home)
+    os.remove(old["pulid"])
+    code, out = run_doctor(comfyui)  # only the old README location left: found, used, and the move suggested
+    assert code == 0, out
+    assert f"[ok]   EVA02-CLIP-L-14-336" in out and f"{old['clip']}: loads  <- used by eva_file 'auto'" in out
+    assert f"it could move to {target}{os.sep}" in out
+
+
+def test_readme_puts_eva_clip_in_clip_vision():
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+              encoding="utf-8") as f:
+        row = next(line for line in f if line.startswith(f"| `{catalog.EVA_CLIP.name}` |"))
+    assert row.split("|")[2].strip().startswith(f"`{catalog.EVA_CLIP.directory}/`") and "still work" in row
