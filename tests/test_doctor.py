@@ -80,16 +80,18 @@ def test_complete_install_loads_everything_and_previews_a_face(comfyui, tmp_path
     write_pack_models(str(comfyui / "models"))
     face = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(face)
-    preview = tmp_path / "preview" / "face.png"
-    code, out = run_doctor(comfyui, "--face", str(face), "--preview", str(preview))
+    pack_files = sorted(os.listdir(doctor.PACK_ROOT))
+    code, out = run_doctor(comfyui, "--face", str(face))
     assert code == 0, out
+    preview = comfyui / "output" / "pulid_doctor" / "pulid_face_preview.png"  # ComfyUI's output folder
     assert "[FAIL]" not in out and out.count("[ok]") == 6 and out.count("[warn]") == 2
     assert "pulid_flux_v0.9.1.safetensors: loads (NOT the official size" in out  # the tiny stand-in
     assert "EVA02_CLIP_L_336_psz14_s6B.pt: loads  <- used by eva_file 'auto'" in out
     assert "1 face(s) detected" in out and f"ID tokens from the PuLID encoder: [1, {TINY.num_queries}, " in out
     assert Image.open(preview).size == (1024, 512)
-    detections = np.asarray(Image.open(tmp_path / "preview" / "face_detections.png"))
+    detections = np.asarray(Image.open(preview.parent / "pulid_face_preview_detections.png"))
     assert detections.shape == data.astronaut().shape
+    assert sorted(os.listdir(doctor.PACK_ROOT)) == pack_files  # nothing written into the pack
 
 
 def test_nested_antelopev2_works_and_the_doctor_says_how_to_flatten_it(comfyui, write_pack_models):
@@ -182,6 +184,9 @@ def test_doctor_reads_the_version_of_the_real_checkout(tmp_path):
     code, out = run_doctor(COMFYUI, "--base-directory", str(tmp_path))
     assert f"[ok]   ComfyUI {expected}\n" in out
     assert f"{COMFYUI}: within the versions tested in CI: v0.3.64 to v0.29.0" in out
+    hints = hint_lines(out)  # an empty base directory: every model is missing, every hint names a folder in it
+    assert len(hints) >= 10 and not [h for h in hints if COMFYUI in h]
+    assert f"save it as {tmp_path / 'models' / 'clip_vision' / catalog.EVA_CLIP.name}" in hints
 
 
 def test_eva_clip_is_looked_for_in_clip_vision_first_and_still_found_in_the_old_places(comfyui, write_pack_models):
@@ -214,3 +219,84 @@ def test_readme_puts_eva_clip_in_clip_vision():
               encoding="utf-8") as f:
         row = next(line for line in f if line.startswith(f"| `{catalog.EVA_CLIP.name}` |"))
     assert row.split("|")[2].strip().startswith(f"`{catalog.EVA_CLIP.directory}/`") and "still work" in row
+
+
+def face_args(*argv):
+    parser = argparse.ArgumentParser()
+    doctor.add_arguments(parser)
+    return parser.parse_args(["--comfyui", "/opt/ComfyUI", *argv])
+
+
+def test_face_previews_go_to_out_or_comfyuis_output_folder():
+    join = os.path.join
+    assert doctor.face_output_dir(face_args()) == join(os.path.abspath("/opt/ComfyUI"), "output", "pulid_doctor")
+    assert doctor.face_output_dir(face_args("--base-directory", "/data/comfy")) == join(
+        os.path.abspath("/data/comfy"), "output", "pulid_doctor")
+    assert doctor.face_output_dir(face_args("--base-directory", "/data/comfy", "--output-directory", "/srv/out")) == \
+        join(os.path.abspath("/srv/out"), "pulid_doctor")
+    assert doctor.face_output_dir(face_args("--output-directory", "/srv/out", "--out", "rel/dir")) == \
+        os.path.abspath("rel/dir")
+
+
+def hint_lines(out):
+    """The fix lines of the report (each 'fix: ...' and its continuation lines)."""
+    lines, in_fix = [], False
+    for line in out.splitlines():
+        text = line.strip()
+        in_fix = text.startswith("fix: ") or (in_fix and line.startswith(" " * 14))
+        if in_fix:
+            lines.append(text.removeprefix("fix: "))
+    return lines
+
+
+def test_with_a_base_directory_every_hint_names_a_folder_comfyui_reads(tmp_path):
+    """ComfyUI started with --base-directory reads models under it, plus the checkout's extra_model_paths.yaml;
+    the hints must never send files into the checkout's own models/ folder."""
+    checkout, base, shared = tmp_path / "ComfyUI", tmp_path / "data", tmp_path / "nas"
+    checkout.mkdir()
+    base.mkdir()
+    (checkout / "comfyui_version.py").write_text('__version__ = "0.29.0"\n')
+    (checkout / "extra_model_paths.yaml").write_text(f"nas:\n  base_path: {shared}\n  facexlib: facexlib\n")
+    code, out = run_doctor(checkout, "--base-directory", str(base))
+    assert code == 1
+    hints = hint_lines(out)
+    assert len(hints) >= 10 and not [h for h in hints if str(checkout) in h]
+    models = os.path.join(str(base), "models")
+    for model, folder in ((catalog.PULID, "pulid"), (catalog.EVA_CLIP, "clip_vision")):
+        assert f"save it as {os.path.join(models, folder, model.name)}" in hints
+    assert f"save it as {os.path.join(str(shared), 'facexlib', catalog.PARSER.name)}" in hints  # the yaml's folder
+    assert f"create the folder {os.path.join(models, 'insightface', 'models', 'antelopev2')}" in hints
+    assert any(h.endswith(f"into {os.path.join(models, 'diffusion_models')}{os.sep} (or pick your own file in the "
+                          "loader)") for h in hints)
+
+
+def test_models_directory_and_is_default_yaml_folders_are_named_in_hints(tmp_path):
+    checkout, models = tmp_path / "ComfyUI", tmp_path / "ssd" / "models"
+    checkout.mkdir()
+    models.mkdir(parents=True)
+    (checkout / "extra_model_paths.yaml").write_text(f"big:\n  base_path: {tmp_path / 'big'}\n  is_default: true\n"
+                                                     "  pulid: pulid\n")
+    code, out = run_doctor(checkout, "--models-directory", str(models))
+    hints = hint_lines(out)
+    assert f"save it as {tmp_path / 'big' / 'pulid' / catalog.PULID.name}" in hints
+    assert f"save it as {models / 'clip_vision' / catalog.EVA_CLIP.name}" in hints
+    assert not [h for h in hints if str(checkout) in h]
+
+
+def test_a_pack_installed_under_a_base_directory_makes_that_the_base(tmp_path, monkeypatch):
+    checkout, base = tmp_path / "ComfyUI", tmp_path / "data"
+    pack = base / "custom_nodes" / "ComfyUI-PuLID-Flux"
+    pack.mkdir(parents=True)
+    (checkout / "custom_nodes").mkdir(parents=True)
+    (checkout / "main.py").write_text("")
+    assert doctor.installed_base_directory(str(pack), str(checkout)) == str(base)
+    assert doctor.installed_base_directory(str(checkout / "custom_nodes" / "pack"), str(checkout)) is None
+    assert doctor.installed_base_directory(str(tmp_path / "elsewhere" / "pack"), str(checkout)) is None
+    (base / "main.py").write_text("")  # another ComfyUI checkout, not a base directory
+    assert doctor.installed_base_directory(str(pack), str(checkout)) is None
+    (base / "main.py").unlink()
+    monkeypatch.setattr(doctor, "PACK_ROOT", str(pack))
+    code, out = run_doctor(checkout)
+    assert f"note: this pack is installed in {base / 'custom_nodes'}" in out
+    assert f"save it as {base / 'models' / 'pulid' / catalog.PULID.name}" in hint_lines(out)
+    assert not [h for h in hint_lines(out) if str(checkout) in h]
