@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import catalog, versions
+from . import catalog, onnxruntime_setup, versions
 from .model_paths import ModelFolders, list_files
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,8 +18,6 @@ PT_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pt2", ".pkl",
 EVA_NAME_HINTS = ("eva02", "eva_clip", "eva-clip", "evaclip")  # comfy_support.EVA_NAME_HINTS
 # The order comfy_support.eva_candidates uses: ComfyUI's home for image encoders first, then the older places.
 EVA_FOLDERS = ("clip_vision", "pulid", "text_encoders")
-ONNXRUNTIME_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
-                      "onnxruntime-silicon", "onnxruntime-rocm", "onnxruntime-qnn")
 PACKAGES = (("torch", "torch"), ("numpy", "numpy"), ("safetensors", "safetensors"), ("cv2", "opencv-python"),
             ("PIL", "Pillow"), ("onnxruntime", "onnxruntime"), ("insightface", "insightface"),
             ("facexlib", "facexlib"), ("timm", "timm"))
@@ -111,17 +109,20 @@ def check_packages() -> Finding:
                 versions.append(dist)
         except Exception as e:  # noqa: BLE001 - any import failure is the finding
             problems.append(f"{dist} does not import: {first_line(e)}")
-    installed = []
-    for dist in ONNXRUNTIME_BUILDS:
-        try:
-            installed.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            pass
-    if len(installed) > 1:
-        problems.append(f"several onnxruntime builds are installed ({', '.join(installed)}); they share one import "
-                        "name and break each other")
-        fix.append("keep exactly one: python -m pip uninstall -y " + " ".join(d.split()[0] for d in installed)
-                   + " && python -m pip install onnxruntime-gpu   (or onnxruntime for CPU only)")
+    status, builds = "fail" if problems else "ok", onnxruntime_builds()
+    if builds:
+        plan = onnxruntime_setup.plan(builds, onnxruntime_setup.cuda_present())
+        install = f"in the pack's folder ({PACK_ROOT}): python install.py   (it would: " + "; ".join(
+            " ".join(c[3:]) for c in onnxruntime_setup.pip_commands(plan)) + ")"
+        if len(builds) > 1:
+            problems.append(f"several onnxruntime builds are installed ({', '.join(f'{n} {v}' for n, v in builds.items())}"
+                            "); they share one import name and break each other")
+            status = "fail"
+            fix.append(install)
+        elif plan.changes:
+            problems.append(f"{next(iter(builds))} runs InsightFace on the CPU while torch sees a CUDA GPU")
+            status = "warn" if status == "ok" else status
+            fix.append(install)
     details = problems + [", ".join(versions)]
     try:
         import onnxruntime
@@ -132,7 +133,19 @@ def check_packages() -> Finding:
     if any("does not import" in p for p in problems):
         fix.insert(0, "with the Python that runs ComfyUI, in the pack's folder: "
                       "python -m pip install -r requirements.txt")
-    return Finding("fail" if problems else "ok", "Python packages", details, fix)
+    return Finding(status, "Python packages", details, fix)
+
+
+def onnxruntime_builds() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for dist in onnxruntime_setup.BUILDS:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 # --- PuLID-Flux weights ---------------------------------------------------------------------------------

@@ -300,3 +300,24 @@ def test_a_pack_installed_under_a_base_directory_makes_that_the_base(tmp_path, m
     assert f"note: this pack is installed in {base / 'custom_nodes'}" in out
     assert f"save it as {base / 'models' / 'pulid' / catalog.PULID.name}" in hint_lines(out)
     assert not [h for h in hint_lines(out) if str(checkout) in h]
+
+
+@pytest.mark.parametrize("builds, cuda, status, problem, would", [
+    ({"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.0"}, True, "fail", "several onnxruntime builds are installed",
+     "uninstall -y onnxruntime; install --force-reinstall --no-deps onnxruntime-gpu==1.31.0)"),
+    ({"onnxruntime": "1.32.0"}, True, "warn", "onnxruntime runs InsightFace on the CPU while torch sees a CUDA GPU",
+     "uninstall -y onnxruntime; install onnxruntime-gpu>=1.17)"),
+    ({"onnxruntime": "1.32.0"}, False, "ok", None, None),
+])
+def test_onnxruntime_builds_are_judged_by_install_py_s_rule(monkeypatch, builds, cuda, status, problem, would):
+    from pulid_tools import doctor_checks, onnxruntime_setup
+
+    monkeypatch.setattr(doctor_checks, "onnxruntime_builds", lambda: dict(builds))
+    monkeypatch.setattr(onnxruntime_setup, "cuda_present", lambda: cuda)
+    finding = doctor_checks.check_packages()
+    assert finding.status == status
+    if problem:
+        assert finding.details[0].startswith(problem)
+        assert finding.fix == [f"in the pack's folder ({doctor.PACK_ROOT}): python install.py   (it would: {would}"]
+    else:
+        assert finding.fix == []
