@@ -132,8 +132,8 @@ def diagnose(args, eva_config=None, out=None) -> list[Finding]:
         return [finding]
     if not os.path.isdir(folders.models_dir):
         print(f"note: {folders.models_dir} does not exist; is {args.comfyui} a ComfyUI folder?", file=out)
-    print(f"PuLID-Flux doctor (pack version {versions.PACK_VERSION}): models under {folders.models_dir}; extra_model_paths.yaml: "
-          f"{', '.join(folders.yaml_files) or 'none'}", file=out)
+    print(f"PuLID-Flux doctor (pack version {versions.PACK_VERSION}): models under {folders.models_dir}; "
+          f"extra_model_paths.yaml: {', '.join(folders.yaml_files) or 'none'}", file=out)
     findings = []
     for check, *check_args in ((checks.check_comfyui, os.path.abspath(args.comfyui)), (checks.check_packages,)):
         findings.append(checks.timed(check, *check_args))

@@ -115,8 +115,9 @@ def check_packages() -> Finding:
         install = f"in the pack's folder ({PACK_ROOT}): python install.py   (it would: " + "; ".join(
             " ".join(c[3:]) for c in onnxruntime_setup.pip_commands(plan)) + ")"
         if len(builds) > 1:
-            problems.append(f"several onnxruntime builds are installed ({', '.join(f'{n} {v}' for n, v in builds.items())}"
-                            "); they share one import name and break each other")
+            listed = ", ".join(f"{name} {version}" for name, version in builds.items())
+            problems.append(f"several onnxruntime builds are installed ({listed}); they share one import name and "
+                            "break each other")
             status = "fail"
             fix.append(install)
         elif plan.changes:
@@ -234,8 +235,9 @@ def check_eva(folders: ModelFolders, encoders, config) -> tuple[Finding, object]
             continue
         details.append(f"{path}: loads" + ("  <- used by eva_file 'auto'" if i == 0 else f"  (eva_file '{choice}')"))
         if not choice.startswith("clip_vision/"):
+            clutter = " (in clip/ it shows in every text-encoder list)" if choice.startswith("text_enc") else ""
             details.append(f"  it works there; it could move to {home}{os.sep}, ComfyUI's folder for image encoders"
-                           + (" (in clip/ it shows in every text-encoder list)" if choice.startswith("text_enc") else ""))
+                           + clutter)
         auto_ok = auto_ok or i == 0
         model = model or loaded
     if model is not None:

@@ -40,9 +40,9 @@ def canonical(name: str) -> str:
 
 
 def plan(installed: dict[str, str], cuda: bool, wanted: str | None = None) -> Plan:
-    """What to do, given the installed distributions ({name: version}) and whether torch sees a CUDA GPU. Keeps a build the
-    user chose (any but the CPU one, which requirements.txt drags in); else the GPU build on CUDA, CPU otherwise.
-    `wanted` (a build name) overrides the choice."""
+    """What to do, given the installed distributions ({name: version}) and whether torch sees a CUDA GPU. Keeps a
+    build the user chose (any but the CPU one, which requirements.txt drags in); else the GPU build on CUDA, the CPU
+    build otherwise. `wanted` (a build name) overrides the choice."""
     names = {canonical(n): v for n, v in installed.items()}
     builds = [b for b in BUILDS if b in names]
     chosen = [b for b in builds if b != CPU]
@@ -101,7 +101,7 @@ def main(argv=None, run=subprocess.run, installed=installed_distributions, cuda=
     for command in pip_commands(p):
         print("PuLID-Flux install: python " + " ".join(command[1:]), file=out)
         if not args.dry_run and run(command).returncode != 0:
-            print(f"PuLID-Flux install: that command failed; run it by hand, then `python install.py` again",
+            print("PuLID-Flux install: that command failed; run it by hand, then `python install.py` again",
                   file=out)
             return 1
     return 0

@@ -26,7 +26,8 @@ def test_the_pack_version_is_pyprojects_everywhere_it_is_reported():
 
 def test_pack_version_reader_takes_the_project_table_only(tmp_path):
     path = tmp_path / "pyproject.toml"
-    path.write_text('[tool.other]\nversion = "9.9"\n\n[project]\nname = "x"\nversion = "1.2.3"\n[tool.y]\nversion = "8"\n')
+    path.write_text('[tool.other]\nversion = "9.9"\n\n[project]\nname = "x"\nversion = "1.2.3"\n'
+                    '[tool.y]\nversion = "8"\n')
     assert versions.read_pack_version(str(path)) == "1.2.3"
     path.write_text('[project]\nname = "x"\n')
     assert versions.read_pack_version(str(path)) == "unknown"
