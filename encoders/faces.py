@@ -1,9 +1,11 @@
 """InsightFace antelopev2 (detection + ArcFace only): loading without downloads, detection retries, face choice."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +33,16 @@ _AUTO_ORDER = ("CUDAExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecut
                "CoreMLExecutionProvider", "DmlExecutionProvider", "CPUExecutionProvider")
 DEFAULT_DET_SIZES = (640, 512, 384, 320, 256)
 FACE_ORDERS = ("largest", "left-right", "right-left", "top-bottom", "bottom-top", "small-large", "large-small")
+
+
+@contextlib.contextmanager
+def quiet_insightface():
+    """Silence the FutureWarnings insightface triggers in its own dependencies on every face (scikit-image's
+    deprecated `SimilarityTransform.estimate` in face_align), here only: the process's filters stay as they
+    are, so warnings about anything else still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"insightface(\.|$)")
+        yield
 
 
 class Antelopev2Misplaced(EncoderModelError):
@@ -126,7 +138,8 @@ def detect_faces(analysis, bgr: np.ndarray, det_sizes=DEFAULT_DET_SIZES) -> tupl
     for size in det_sizes:
         if int(size) * min(height, width) < 2 * max(height, width):
             continue  # insightface would resize the short side to under 2 px (0 px crashes OpenCV)
-        boxes, kpss = analysis.det_model.detect(bgr, input_size=(int(size), int(size)), max_num=0)
+        with quiet_insightface():
+            boxes, kpss = analysis.det_model.detect(bgr, input_size=(int(size), int(size)), max_num=0)
         if boxes is not None and len(boxes) and kpss is not None:
             faces = [DetectedFace(np.asarray(b[:4], np.float32), np.asarray(k, np.float32), float(b[4]))
                      for b, k in zip(boxes, kpss)]
@@ -164,4 +177,6 @@ def arcface_embedding(analysis, bgr: np.ndarray, face: DetectedFace) -> np.ndarr
     from insightface.app.common import Face
 
     record = Face(bbox=face.bbox, kps=face.kps, det_score=face.det_score)
-    return np.asarray(analysis.models["recognition"].get(bgr, record), np.float32).reshape(-1)
+    with quiet_insightface():
+        embedding = analysis.models["recognition"].get(bgr, record)
+    return np.asarray(embedding, np.float32).reshape(-1)

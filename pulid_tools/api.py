@@ -13,6 +13,7 @@ import uuid
 import aiohttp
 
 from . import graph as graphs
+from .versions import PACK_VERSION
 
 IDENTITY_ROUTE = "/pulid_flux/identities"
 WS_MAX_MESSAGE = 64 * 1024 * 1024  # previews are the largest messages ComfyUI sends
@@ -137,8 +138,8 @@ class ComfyAPI:
             return reply.get("name", name)
         why = reply.get("error") or f"HTTP {status}"
         if status == 404:
-            why = (f"{self.base} has no {IDENTITY_ROUTE} route: update ComfyUI-PuLID-Flux on that server "
-                   "(identities need version 0.2 or later) and restart it")
+            why = (f"{self.base} has no {IDENTITY_ROUTE} route: update ComfyUI-PuLID-Flux on that server to the "
+                   f"version of this client ({PACK_VERSION}) and restart it")
         elif status == 413:
             why = f"the file is too large for the server ({len(content)} bytes; identities are well under 1 MB): {why}"
         raise ComfyError(f"uploading identity {path} to {self.base} refused: {why}")

@@ -26,9 +26,10 @@ class ModelFile:
 
 PULID = ModelFile("pulid_flux_v0.9.1.safetensors", "pulid", PULID_URL + "pulid_flux_v0.9.1.safetensors",
                   "PuLID-Flux weights (ID encoder + 20 ID cross-attentions); v0.9.0 also works")
-EVA_CLIP = ModelFile("EVA02_CLIP_L_336_psz14_s6B.pt", "text_encoders",
+EVA_CLIP = ModelFile("EVA02_CLIP_L_336_psz14_s6B.pt", "clip_vision",
                      "https://huggingface.co/QuanSun/EVA-CLIP/resolve/main/EVA02_CLIP_L_336_psz14_s6B.pt",
-                     "EVA02-CLIP-L-14-336 image tower (the pack never downloads it)")
+                     "EVA02-CLIP-L-14-336 image tower (the pack never downloads it); pulid/ and clip/ (text_encoders/) "
+                     "are still searched after clip_vision/")
 DETECTOR = ModelFile("models/antelopev2/scrfd_10g_bnkps.onnx", "insightface", ANTELOPEV2_URL + "scrfd_10g_bnkps.onnx",
                      "InsightFace antelopev2 face detector")
 RECOGNIZER = ModelFile("models/antelopev2/glintr100.onnx", "insightface", ANTELOPEV2_URL + "glintr100.onnx",

@@ -10,25 +10,48 @@ import os
 import sys
 import time
 
-from . import doctor_checks as checks
+from . import doctor_checks as checks, versions
 from .doctor_checks import Finding
 from .model_paths import ConfigError, resolve
 
 MARKS = {"ok": "[ok]  ", "warn": "[warn]", "fail": "[FAIL]"}  # ASCII: Windows consoles may lack the glyphs
+PREVIEW_NAME, DETECTIONS_NAME = "pulid_face_preview.png", "pulid_face_preview_detections.png"
+PACK_ROOT = checks.PACK_ROOT
+
+
+def installed_base_directory(pack_root: str, comfyui: str) -> str | None:
+    """DIR when this pack sits in DIR/custom_nodes and DIR is not the ComfyUI folder itself: ComfyUI then loads it
+    only when started with --base-directory DIR, so DIR is where it reads models and writes output."""
+    custom_nodes = os.path.dirname(os.path.abspath(pack_root))
+    home = os.path.dirname(custom_nodes)
+    if os.path.basename(custom_nodes) != "custom_nodes" or os.path.isfile(os.path.join(home, "main.py")):
+        return None
+    return None if os.path.realpath(home) == os.path.realpath(comfyui) else home
+
+
+def face_output_dir(args) -> str:
+    """--out, else ComfyUI's output folder (--output-directory, else BASE/output) / pulid_doctor: never the pack."""
+    if args.out:
+        return os.path.abspath(args.out)
+    output = args.output_directory or os.path.join(args.base_directory or args.comfyui, "output")
+    return os.path.join(os.path.abspath(output), "pulid_doctor")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--comfyui", required=True, metavar="PATH",
-                        help="ComfyUI's folder (the one with main.py and models/)")
+                        help="ComfyUI's program folder (the one with main.py and comfyui_version.py)")
     parser.add_argument("--base-directory", metavar="DIR",
-                        help="as ComfyUI's --base-directory: models are under DIR/models")
+                        help="as ComfyUI's --base-directory: models, output... are under DIR (default: found from "
+                             "where this pack is installed, else PATH)")
+    parser.add_argument("--models-directory", metavar="DIR", help="as ComfyUI's --models-directory (v0.29+)")
+    parser.add_argument("--output-directory", metavar="DIR", help="as ComfyUI's --output-directory")
     parser.add_argument("--extra-model-paths-config", action="append", default=[], metavar="YAML",
                         help="as ComfyUI's option (PATH/extra_model_paths.yaml is always read when it exists)")
     parser.add_argument("--face", metavar="IMAGE", help="run the face encoders on this photo and write previews")
     parser.add_argument("--face-order", default="largest", help="which face when there are several (as the node)")
     parser.add_argument("--face-index", type=int, default=0, help="position in --face-order (as the node)")
-    parser.add_argument("--preview", default="pulid_face_preview.png", metavar="PNG",
-                        help="where --face writes the aligned | parsed face (and PNG_detections.png)")
+    parser.add_argument("--out", metavar="DIR", help=f"where --face writes {PREVIEW_NAME} and {DETECTIONS_NAME} "
+                                                     "(default: ComfyUI's output folder, sub-folder pulid_doctor)")
     parser.add_argument("--provider", default="CPU", choices=["CPU", "CUDA", "ROCM", "CoreML", "auto"],
                         help="onnxruntime provider for the face models (as Load InsightFace)")
 
@@ -43,7 +66,7 @@ def print_finding(f: Finding, out) -> None:
 
 
 def check_face(image_path: str, face_analysis, eva, parser, id_encoder, order: str, index: int,
-               preview_path: str) -> Finding:
+               out_dir: str) -> Finding:
     """The encoders on a real photo: detection, choice, alignment, parsing, EVA-CLIP (+ the ID encoder when the
     PuLID weights loaded), with the aligned | parsed preview the Apply node also outputs."""
     import cv2
@@ -69,9 +92,8 @@ def check_face(image_path: str, face_analysis, eva, parser, id_encoder, order: s
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, max(2, rgb.shape[1] // 400))
         cv2.putText(canvas, str(i), (x1, max(0, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, max(0.6, rgb.shape[1] / 1000),
                     colour, 2)
-    stem, ext = os.path.splitext(preview_path)
-    detections_path = f"{stem}_detections{ext or '.png'}"
-    os.makedirs(os.path.dirname(os.path.abspath(preview_path)), exist_ok=True)
+    preview_path, detections_path = os.path.join(out_dir, PREVIEW_NAME), os.path.join(out_dir, DETECTIONS_NAME)
+    os.makedirs(out_dir, exist_ok=True)
     cv2.imwrite(detections_path, canvas)
     details = [f"{len(faces)} face(s) detected; numbers in {detections_path} are face_index for face_order "
                f"'{order}'"]
@@ -96,18 +118,26 @@ def check_face(image_path: str, face_analysis, eva, parser, id_encoder, order: s
 def diagnose(args, eva_config=None, out=None) -> list[Finding]:
     """All checks, printed as they finish. `eva_config` lets tests use a narrow EVA-CLIP stand-in."""
     out = out or sys.stdout
+    if not args.base_directory:
+        args.base_directory = installed_base_directory(PACK_ROOT, args.comfyui)
+        if args.base_directory:
+            print(f"note: this pack is installed in {os.path.join(args.base_directory, 'custom_nodes')}, which ComfyUI "
+                  f"reads when started with --base-directory {args.base_directory}: using that base directory "
+                  f"(pass --base-directory to choose another)", file=out)
     try:
-        folders = resolve(args.comfyui, args.base_directory, args.extra_model_paths_config)
+        folders = resolve(args.comfyui, args.base_directory, args.extra_model_paths_config, args.models_directory)
     except ConfigError as e:
         finding = Finding("fail", "extra_model_paths.yaml", [str(e)], ["fix the file's syntax or remove it"])
         print_finding(finding, out)
         return [finding]
     if not os.path.isdir(folders.models_dir):
         print(f"note: {folders.models_dir} does not exist; is {args.comfyui} a ComfyUI folder?", file=out)
-    print(f"PuLID-Flux doctor: models under {folders.models_dir}; extra_model_paths.yaml: "
-          f"{', '.join(folders.yaml_files) or 'none'}", file=out)
-    findings = [checks.timed(checks.check_packages)]
-    print_finding(findings[-1], out)
+    print(f"PuLID-Flux doctor (pack version {versions.PACK_VERSION}): models under {folders.models_dir}; "
+          f"extra_model_paths.yaml: {', '.join(folders.yaml_files) or 'none'}", file=out)
+    findings = []
+    for check, *check_args in ((checks.check_comfyui, os.path.abspath(args.comfyui)), (checks.check_packages,)):
+        findings.append(checks.timed(check, *check_args))
+        print_finding(findings[-1], out)
     try:
         encoders, pulid_flux = checks.import_pack_parts()
     except Exception as e:  # noqa: BLE001
@@ -137,7 +167,7 @@ def diagnose(args, eva_config=None, out=None) -> list[Finding]:
                 pulid = pulid_flux.load_pulid_flux(loaded["pulid"][0]).pulid_encoder.float()
             start = time.perf_counter()
             finding = check_face(args.face, loaded["faces"], loaded["eva"], loaded["parser"], pulid,
-                                 args.face_order, args.face_index, args.preview)
+                                 args.face_order, args.face_index, face_output_dir(args))
             finding.seconds = time.perf_counter() - start
         findings.append(finding)
         print_finding(finding, out)

@@ -10,15 +10,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import catalog
+from . import catalog, onnxruntime_setup, versions
 from .model_paths import ModelFolders, list_files
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PT_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pt2", ".pkl", ".sft"}
 EVA_NAME_HINTS = ("eva02", "eva_clip", "eva-clip", "evaclip")  # comfy_support.EVA_NAME_HINTS
-EVA_FOLDERS = ("pulid", "clip_vision", "text_encoders")  # the order comfy_support.eva_candidates uses
-ONNXRUNTIME_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
-                      "onnxruntime-silicon", "onnxruntime-rocm", "onnxruntime-qnn")
+# The order comfy_support.eva_candidates uses: ComfyUI's home for image encoders first, then the older places.
+EVA_FOLDERS = ("clip_vision", "pulid", "text_encoders")
 PACKAGES = (("torch", "torch"), ("numpy", "numpy"), ("safetensors", "safetensors"), ("cv2", "opencv-python"),
             ("PIL", "Pillow"), ("onnxruntime", "onnxruntime"), ("insightface", "insightface"),
             ("facexlib", "facexlib"), ("timm", "timm"))
@@ -73,6 +72,29 @@ def find_by_name(root: str, file_name: str, max_depth: int = 5) -> list[str]:
     return found
 
 
+# --- ComfyUI itself -----------------------------------------------------------------------------------------
+def check_comfyui(comfyui: str) -> Finding:
+    """The ComfyUI version at `comfyui` (its comfyui_version.py, read as text) against the range CI tests."""
+    oldest, newest = versions.TESTED_COMFYUI
+    tested = f"the versions tested in CI: v{oldest} to v{newest}"
+    found = versions.read_comfyui_version(comfyui)
+    if found is None:
+        return Finding("warn", "ComfyUI version unknown",
+                       [f"{os.path.join(comfyui, 'comfyui_version.py')} is missing or holds no __version__ "
+                        f"(every ComfyUI since v0.3 has it)"],
+                       [f"pass --comfyui the ComfyUI folder (the one with main.py); {tested}"])
+    where = versions.compare_to_tested(found)
+    if where == "tested":
+        return Finding("ok", f"ComfyUI {found}", [f"{comfyui}: within {tested}"])
+    if where == "older":
+        return Finding("warn", f"ComfyUI {found}", [f"{comfyui}: older than {tested}"],
+                       ["update ComfyUI (git pull in its folder, or ComfyUI-Manager > Update ComfyUI)"])
+    if where == "newer":
+        return Finding("warn", f"ComfyUI {found}", [f"{comfyui}: newer than {tested}; it may well work"],
+                       ["if a PuLID-Flux node fails, report it with this ComfyUI version"])
+    return Finding("warn", f"ComfyUI {found}", [f"{comfyui}: this version cannot be compared with {tested}"])
+
+
 # --- Python packages ----------------------------------------------------------------------------------
 def check_packages() -> Finding:
     from importlib import metadata
@@ -87,17 +109,21 @@ def check_packages() -> Finding:
                 versions.append(dist)
         except Exception as e:  # noqa: BLE001 - any import failure is the finding
             problems.append(f"{dist} does not import: {first_line(e)}")
-    installed = []
-    for dist in ONNXRUNTIME_BUILDS:
-        try:
-            installed.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            pass
-    if len(installed) > 1:
-        problems.append(f"several onnxruntime builds are installed ({', '.join(installed)}); they share one import "
-                        "name and break each other")
-        fix.append("keep exactly one: python -m pip uninstall -y " + " ".join(d.split()[0] for d in installed)
-                   + " && python -m pip install onnxruntime-gpu   (or onnxruntime for CPU only)")
+    status, builds = "fail" if problems else "ok", onnxruntime_builds()
+    if builds:
+        plan = onnxruntime_setup.plan(builds, onnxruntime_setup.cuda_present())
+        install = f"in the pack's folder ({PACK_ROOT}): python install.py   (it would: " + "; ".join(
+            " ".join(c[3:]) for c in onnxruntime_setup.pip_commands(plan)) + ")"
+        if len(builds) > 1:
+            listed = ", ".join(f"{name} {version}" for name, version in builds.items())
+            problems.append(f"several onnxruntime builds are installed ({listed}); they share one import name and "
+                            "break each other")
+            status = "fail"
+            fix.append(install)
+        elif plan.changes:
+            problems.append(f"{next(iter(builds))} runs InsightFace on the CPU while torch sees a CUDA GPU")
+            status = "warn" if status == "ok" else status
+            fix.append(install)
     details = problems + [", ".join(versions)]
     try:
         import onnxruntime
@@ -108,7 +134,19 @@ def check_packages() -> Finding:
     if any("does not import" in p for p in problems):
         fix.insert(0, "with the Python that runs ComfyUI, in the pack's folder: "
                       "python -m pip install -r requirements.txt")
-    return Finding("fail" if problems else "ok", "Python packages", details, fix)
+    return Finding(status, "Python packages", details, fix)
+
+
+def onnxruntime_builds() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for dist in onnxruntime_setup.BUILDS:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 # --- PuLID-Flux weights ---------------------------------------------------------------------------------
@@ -144,9 +182,9 @@ def check_pulid(folders: ModelFolders, pulid_flux) -> tuple[Finding, object]:
     elsewhere = [os.path.join(f, n) for n in ("pulid_flux_v0.9.1.safetensors", "pulid_flux_v0.9.0.safetensors")
                  for f in find_by_name(folders.models_dir, n) if f not in looked]
     if elsewhere:
-        fix.append(f"move {elsewhere[0]} into {looked[-1]}{os.sep}")
+        fix.append(f"move {elsewhere[0]} into {folders.target('pulid')}{os.sep}")
     else:
-        fix += download_fix(catalog.PULID, looked[-1])
+        fix += download_fix(catalog.PULID, folders.target("pulid"))
     details.append("looked in: " + ", ".join(looked))
     return Finding("fail", "PuLID-Flux weights (Load PuLID-Flux Model)", details, fix), None
 
@@ -186,6 +224,7 @@ def _unnamed_eva_files(folders: ModelFolders, encoders) -> list[str]:
 
 def check_eva(folders: ModelFolders, encoders, config) -> tuple[Finding, object]:
     title = "EVA02-CLIP-L-14-336 (Load EVA-CLIP)"
+    home = folders.target(catalog.EVA_CLIP.directory)
     candidates = eva_candidates(folders)
     details, model, auto_ok = [], None, False
     for i, (choice, path) in enumerate(candidates):
@@ -195,9 +234,12 @@ def check_eva(folders: ModelFolders, encoders, config) -> tuple[Finding, object]
             details += [f"{path}: cannot be used:"] + [f"  {line}" for line in error_lines(e)]
             continue
         details.append(f"{path}: loads" + ("  <- used by eva_file 'auto'" if i == 0 else f"  (eva_file '{choice}')"))
+        if not choice.startswith("clip_vision/"):
+            clutter = " (in clip/ it shows in every text-encoder list)" if choice.startswith("text_enc") else ""
+            details.append(f"  it works there; it could move to {home}{os.sep}, ComfyUI's folder for image encoders"
+                           + clutter)
         auto_ok = auto_ok or i == 0
         model = model or loaded
-    default_folder = os.path.join(folders.models_dir, "clip")
     if model is not None:
         fix = [] if auto_ok else ["eva_file 'auto' takes the first file, which is broken: remove it, or select "
                                   "a working file in the loader's eva_file"]
@@ -208,7 +250,7 @@ def check_eva(folders: ModelFolders, encoders, config) -> tuple[Finding, object]
         fix.append(f"{path} is EVA-CLIP, but the loader only lists names containing 'eva02' or 'eva_clip': "
                    f"rename it to {new}")
     if not fix:
-        fix += download_fix(catalog.EVA_CLIP, default_folder)
+        fix += download_fix(catalog.EVA_CLIP, home)
         fix.append("(the pack never downloads EVA-CLIP itself, so it also works offline)")
     looked = [f for name in EVA_FOLDERS for f in folders.get(name)]
     details.append("looked for names containing 'eva02' or 'eva_clip' in: " + ", ".join(looked))
@@ -246,7 +288,7 @@ def check_antelopev2(folders: ModelFolders, encoders, provider: str) -> tuple[Fi
         break
     detector = os.path.basename(catalog.DETECTOR.name)
     strays = [f for f in find_by_name(folders.models_dir, detector, 6) if f != used]
-    target = os.path.join(roots[-1], "models", "antelopev2")
+    target = os.path.join(folders.target("insightface"), "models", "antelopev2")
     if analysis is None and not fix:
         if strays:
             fix.append(f"antelopev2 files are in {strays[0]}: move scrfd_10g_bnkps.onnx and glintr100.onnx "
@@ -277,7 +319,7 @@ def check_parser(folders: ModelFolders, encoders) -> tuple[Finding, object]:
             return Finding("fail", title, [f"{path}: cannot be used:"] + [f"  {x}" for x in error_lines(e)],
                            download_fix(catalog.PARSER, folder)), None
         return Finding("ok", title, [f"{path}: loads"]), parser
-    target = os.path.join(looked[-1], file_name)
+    target = os.path.join(folders.target("facexlib"), file_name)
     strays = find_by_name(folders.models_dir, file_name)
     try:
         import facexlib
@@ -288,7 +330,7 @@ def check_parser(folders: ModelFolders, encoders) -> tuple[Finding, object]:
     except ImportError:
         pass
     fix = ([f"copy {os.path.join(strays[0], file_name)} to {target}"] if strays
-           else download_fix(catalog.PARSER, looked[-1]))
+           else download_fix(catalog.PARSER, folders.target("facexlib")))
     return Finding("fail", title, ["looked in: " + ", ".join(looked)], fix), None
 
 
@@ -300,7 +342,7 @@ def check_workflow_models(folders: ModelFolders) -> Finding:
         if where:
             details.append(f"{os.path.join(where[0], model.name)}: present")
         else:
-            fix.append(f"{model.name}: download {model.url} into {folders.get(model.directory)[-1]}{os.sep} "
+            fix.append(f"{model.name}: download {model.url} into {folders.target(model.directory)}{os.sep} "
                        f"(or pick your own file in the loader)")
     flux = [rel for f in folders.get("diffusion_models") if os.path.isdir(f) for rel in list_files(f, PT_EXTENSIONS)]
     if flux:

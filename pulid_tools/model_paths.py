@@ -32,9 +32,21 @@ class ModelFolders:
     models_dir: str
     folders: dict[str, list[str]] = field(default_factory=dict)
     yaml_files: list[str] = field(default_factory=list)
+    from_yaml: set[str] = field(default_factory=set)  # folders an extra_model_paths.yaml registered
 
     def get(self, name: str) -> list[str]:
         return list(self.folders.get(LEGACY_NAMES.get(name, name), []))
+
+    def target(self, name: str) -> str:
+        """The folder a fix should name for files of kind `name`: one ComfyUI reads, where the user keeps models.
+        The user's extra_model_paths.yaml folder when it has one (an `is_default` one first, as ComfyUI orders
+        them), else the one under the models folder ComfyUI uses (--base-directory / --models-directory)."""
+        paths = self.get(name)
+        chosen = [p for p in paths if p in self.from_yaml]
+        if chosen:
+            return chosen[0]
+        inside = [p for p in paths if os.path.dirname(p) == self.models_dir]
+        return inside[-1] if inside else (paths[0] if paths else os.path.join(self.models_dir, name))
 
     def add(self, name: str, path: str, first: bool = False) -> None:
         paths = self.folders.setdefault(LEGACY_NAMES.get(name, name), [])
@@ -105,6 +117,7 @@ def resolve(comfyui: str, base_directory: str | None = None, extra_configs=(), m
             raise ConfigError(f"{yaml_path}: file not found")
         for name, path, is_default in read_extra_model_paths(yaml_path):
             result.add(name, path, first=is_default)
+            result.from_yaml.add(path)
     result.yaml_files = yaml_files
     for name, sub in PACK_DEFAULTS.items():  # comfy_support.register_model_folders: appended after the YAML's
         result.add(name, os.path.join(models_dir, *sub.split("/")))

@@ -1,6 +1,7 @@
 """Face analysis: antelopev2 folder checks, providers, detection with retries, face choice."""
 import logging
 import os
+import warnings
 
 import cv2
 import numpy as np
@@ -215,3 +216,34 @@ def test_three_synthetic_faces_end_to_end(tmp_path):
     assert 0.4 * 512 < largest.center[0] < 0.6 * 512  # THREE_FACES[0] is the middle, largest box
     top = choose_face(faces, "top-bottom", 0)[0]
     assert top.center[0] > 0.75 * 512  # the right face is the highest
+
+
+# --- third-party warnings -------------------------------------------------------------------------------------
+
+def _warn_from_module(module_name: str, message: str, category=FutureWarning):
+    """A warning raised by code whose module is `module_name` (what `filterwarnings(module=...)` matches)."""
+    exec(compile(f"import warnings\nwarnings.warn({message!r}, {category.__name__}, stacklevel=1)", module_name,
+                 "exec"), {"__name__": module_name})
+
+
+def test_insightface_future_warnings_are_silenced_at_the_call_site_only(analysis):
+    from encoders.faces import quiet_insightface
+
+    filters_before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bgr = astronaut_bgr()
+        faces, _ = detect_faces(analysis, bgr)
+        arcface_embedding(analysis, bgr, faces[0])
+        with quiet_insightface():
+            _warn_from_module("insightface.utils.face_align", "`estimate` is deprecated")
+            _warn_from_module("somebody_else", "not ours to hide")
+            _warn_from_module("insightface.model_zoo", "a real problem", UserWarning)
+    assert len(faces) == 1
+    assert [(w.category, str(w.message)) for w in caught] == [(FutureWarning, "not ours to hide"),
+                                                              (UserWarning, "a real problem")]
+    assert warnings.filters == filters_before  # nothing changed for the rest of the process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_from_module("insightface.utils.face_align", "`estimate` is deprecated")
+    assert len(caught) == 1  # outside the call sites, the same warning still shows

@@ -113,10 +113,10 @@ def test_a_failing_prompt_gets_comfyuis_error_message(server, photos, test_graph
 
 
 def test_doctor_command_on_the_servers_full_size_models(server, photos, tmp_path):
-    preview = tmp_path / "preview.png"
+    preview = tmp_path / "pulid_face_preview.png"
     server.free_models()  # the doctor loads its own full-size PuLID and EVA-CLIP: not beside the server's copies
     cmd = [sys.executable, "-m", "pulid_tools", "doctor", "--comfyui", H.comfyui_path(), "--base-directory",
-           server.base, "--face", str(photos / "astronaut.png"), "--preview", str(preview)]
+           server.base, "--face", str(photos / "astronaut.png"), "--out", str(tmp_path)]
     result = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
