@@ -16,7 +16,8 @@ import folder_paths
 from . import comfy_support as support
 from .pulid_flux import injection_points
 from .pulid_flux.identity import (Identity, IdentityFileError, build_identity, file_fingerprint, load_identity,
-                                  sanitise_name, save_identity, tensors_fingerprint)
+                                  save_identity, tensors_fingerprint)
+from .pulid_flux.identity_store import identity_file_name
 from .pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper, check_apply_inputs
 
 log = logging.getLogger("PuLID-Flux")
@@ -143,9 +144,10 @@ def patch_model(model, pulid, id_tokens, uncond_tokens, weight, start_at, end_at
 def load_from_folder(file_name: str) -> Identity:
     path = folder_paths.get_full_path(FOLDER, file_name)
     if path is None:
-        raise IdentityFileError(f"identity file '{file_name}' is not in any identities folder "
-                                f"({', '.join(folder_paths.get_folder_paths(FOLDER))}).\n  Fix: save it with Save "
-                                f"identity or upload it (POST /pulid_flux/identities), then refresh the list.")
+        raise IdentityFileError(file_name, f"not in any identities folder "
+                                           f"({', '.join(folder_paths.get_folder_paths(FOLDER))}).",
+                                "save it with Save identity or upload it (POST /pulid_flux/identities), then refresh "
+                                "the list.")
     return load_identity(path)
 
 
@@ -159,7 +161,7 @@ def file_state(file_name: str) -> str:
 
 
 def save_to_folder(identity: Identity, name: str, overwrite: bool) -> str:
-    file_name = sanitise_name(name)
+    file_name = identity_file_name(name)
     return save_identity(identity, os.path.join(save_folder(), file_name), overwrite)
 
 
