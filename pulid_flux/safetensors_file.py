@@ -151,8 +151,7 @@ def read_header(path: str, error: type[SafetensorsFileError] = SafetensorsFileEr
         with open(path, "rb") as f:
             head = f.read(8)
             n = int.from_bytes(head, "little") if len(head) == 8 else 0
-            if 0 < n <= min(size - 8, HEADER_LIMIT):
-                head += f.read(n)
+            head += f.read(n if 0 < n <= min(size - 8, HEADER_LIMIT) else 8)  # else a few bytes to name it
     except OSError as e:
         raise error(path, f"cannot be read ({e.strerror or e}).", "check that the file exists and is readable.") \
             from None
