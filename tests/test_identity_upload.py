@@ -19,13 +19,13 @@ ROUTE = "/pulid_flux/identities"
 
 
 class UploadServer:
-    def __init__(self, folder):
+    def __init__(self, folder, handler=handle_upload):
         self.folder = str(folder)
         self.loop = asyncio.new_event_loop()
         app = web.Application()
 
         async def upload(request):
-            return await handle_upload(request, self.folder)
+            return await handler(request, self.folder)
 
         app.router.add_post(ROUTE, upload)
         self.server = TestServer(app, host="127.0.0.1")
