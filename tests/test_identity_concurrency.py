@@ -2,6 +2,7 @@
 `.NAME.<pid>.tmp`, and some of them failed). Without overwrite exactly one of each pair wins and the other is refused
 as existing; with overwrite both succeed; the final file is always a whole valid identity and no temporary file
 remains. Tier (a) runs the node's code path without ComfyUI; tier (b) the real Save identity node in ComfyUI."""
+import asyncio
 import os
 import threading
 
@@ -12,39 +13,49 @@ from pulid_flux import identity as ident
 from test_identity_files import GOOD, make_identity
 from test_identity_upload import UploadServer, multipart
 
-ROUNDS = 25
+ROUNDS = 20
+SAVES = UPLOADS = 3  # at once in each round: node saves in threads, uploads on concurrent connections
 
 
 def race(folder, save, server, rounds=ROUNDS):
-    """save(overwrite) -> None or raises FileExistsError; the upload goes through the HTTP handler."""
+    """save(overwrite) -> None or raises FileExistsError; the uploads go through the HTTP handler."""
     candidates = [ident.read_identity_bytes(GOOD).id_tokens, make_identity(7).id_tokens]
     target = os.path.join(folder, "same.safetensors")
     for round_ in range(rounds):
-        overwrite = round_ % 5 == 4
+        overwrite = round_ % 2 == 1
         if not overwrite and os.path.exists(target):
             os.remove(target)
-        barrier, node = threading.Barrier(2), {}
+        barrier, outcomes = threading.Barrier(SAVES + 1), []
 
         def run_node():
             barrier.wait()
             try:
                 save(overwrite)
-                node["outcome"] = "ok"
+                outcomes.append("ok")
             except FileExistsError:
-                node["outcome"] = "exists"
+                outcomes.append("exists")
             except Exception as e:  # noqa: BLE001 - anything else is the bug
-                node["outcome"] = repr(e)
+                outcomes.append(repr(e))
 
-        thread = threading.Thread(target=run_node)
-        thread.start()
-        barrier.wait()
+        threads = [threading.Thread(target=run_node) for _ in range(SAVES)]
+        for thread in threads:
+            thread.start()
         body, content_type = multipart([("overwrite", None, b"true" if overwrite else b"false"),
                                         ("file", "same.safetensors", GOOD)])
-        status, answer = server.post(body, content_type)
-        thread.join()
-        upload = {200: "ok", 409: "exists"}.get(status, f"{status} {answer}")
-        outcomes = sorted([node["outcome"], upload])
-        assert outcomes == (["ok", "ok"] if overwrite else ["exists", "ok"]), (round_, node, status, answer)
+        barrier.wait()
+
+        async def uploads():
+            return await asyncio.gather(*[server._request(body, content_type, {}, len(body), False)
+                                          for _ in range(UPLOADS)])
+
+        answers = server.run(uploads())
+        for thread in threads:
+            thread.join()
+        outcomes += [{200: "ok", 409: "exists"}.get(status, f"{status} {answer}") for status, answer in answers]
+        if overwrite:
+            assert outcomes == ["ok"] * (SAVES + UPLOADS), (round_, outcomes)
+        else:  # exactly one writer wins, every other one is told the name exists
+            assert sorted(outcomes) == ["exists"] * (SAVES + UPLOADS - 1) + ["ok"], (round_, outcomes)
         final = ident.load_identity(target).id_tokens  # whole and valid: one of the two, never a mix
         assert any(final.equal(t) for t in candidates), round_
         assert os.listdir(folder) == ["same.safetensors"], os.listdir(folder)  # no temporary file remains
