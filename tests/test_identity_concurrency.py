@@ -92,3 +92,4 @@ def test_save_identity_node_and_upload_of_one_name_at_once(tmp_path):
         race(folder, lambda overwrite: node.save(identity, "same", overwrite), server)
     finally:
         server.close()
+        folder_paths.folder_names_and_paths["pulid_identities"][0].remove(folder)  # leave the registry as it was
