@@ -219,3 +219,12 @@ def test_reading_stops_at_the_limit(server, field, status, message):
     assert got == status and message in body["error"], body
     # socket buffers on both sides hold a few MB; before, a 40-300 MB field was read whole (up to ComfyUI's 100 MB)
     assert sent < MAX_BODY_BYTES + 16 * 2**20, sent
+
+
+def test_a_nested_multipart_part_is_a_400(server):
+    """Found beside issue 15: a `file` part that is itself multipart/mixed answered HTTP 500."""
+    inner = b'--in\r\nContent-Disposition: form-data; name="file"\r\n\r\nxx\r\n--in--\r\n'
+    body = (b'--out\r\nContent-Disposition: form-data; name="file"\r\nContent-Type: multipart/mixed; boundary=in'
+            b"\r\n\r\n" + inner + b"\r\n--out--\r\n")
+    status, answer = server.post(body, "multipart/form-data; boundary=out")
+    assert status == 400 and "nested multipart parts are not accepted" in answer["error"], answer
