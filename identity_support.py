@@ -94,8 +94,10 @@ def encode_identity(pulid, eva, faces, image, fusion="mean", face_order="largest
     """The reference photos -> an identity (and the embedding with its full-size preview). Uses the embedding
     cache ApplyPulidFlux uses, so encoding the same photos twice costs nothing. Raises NoFaceError."""
     emb = embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
-    arcface = emb.arcface if emb.arcface is not None else torch.zeros(len(emb.used), 512)  # unknown: scores 0
-    identity = build_identity(emb.id_tokens, pulid.uncond_tokens(), arcface, emb.preview,
+    if emb.arcface is None:  # the file format promises unit ArcFace rows; zeros would be refused on load
+        raise ValueError("this embedding has no ArcFace vectors, so it cannot become an identity: encode the photos "
+                         "again with Encode identity.")
+    identity = build_identity(emb.id_tokens, pulid.uncond_tokens(), emb.arcface, emb.preview,
                               pulid_file=pulid.name, pulid_fingerprint=pulid_fingerprint(pulid), fusion=fusion,
                               face_order=face_order, face_index=face_index, use_gray=use_gray,
                               references=len(emb.used))
