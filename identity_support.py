@@ -18,7 +18,8 @@ from . import comfy_support as support
 from .pulid_flux import injection_points
 from .pulid_flux.family import check_flux1
 from .pulid_flux.identity import (Identity, IdentityFileError, build_identity, file_fingerprint, load_identity,
-                                  sanitise_name, save_identity, tensors_fingerprint)
+                                  save_identity, tensors_fingerprint)
+from .pulid_flux.identity_store import identity_file_name
 from .pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper, check_apply_inputs
 
 log = logging.getLogger("PuLID-Flux")
@@ -90,8 +91,10 @@ def encode_identity(pulid, eva, faces, image, fusion="mean", face_order="largest
     """The reference photos -> an identity (and the embedding with its full-size preview). Uses the embedding
     cache ApplyPulidFlux uses, so encoding the same photos twice costs nothing. Raises NoFaceError."""
     emb = embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
-    arcface = emb.arcface if emb.arcface is not None else torch.zeros(len(emb.used), 512)  # unknown: scores 0
-    identity = build_identity(emb.id_tokens, pulid.uncond_tokens(), arcface, emb.preview,
+    if emb.arcface is None:  # the file format promises unit ArcFace rows; zeros would be refused on load
+        raise ValueError("this embedding has no ArcFace vectors, so it cannot become an identity: encode the photos "
+                         "again with Encode identity.")
+    identity = build_identity(emb.id_tokens, pulid.uncond_tokens(), emb.arcface, emb.preview,
                               pulid_file=pulid.name, pulid_fingerprint=pulid_fingerprint(pulid), fusion=fusion,
                               face_order=face_order, face_index=face_index, use_gray=use_gray,
                               references=len(emb.used))
@@ -181,9 +184,10 @@ class TwinWeights:
 def load_from_folder(file_name: str) -> Identity:
     path = folder_paths.get_full_path(FOLDER, file_name)
     if path is None:
-        raise IdentityFileError(f"identity file '{file_name}' is not in any identities folder "
-                                f"({', '.join(folder_paths.get_folder_paths(FOLDER))}).\n  Fix: save it with Save "
-                                f"identity or upload it (POST /pulid_flux/identities), then refresh the list.")
+        raise IdentityFileError(file_name, f"not in any identities folder "
+                                           f"({', '.join(folder_paths.get_folder_paths(FOLDER))}).",
+                                "save it with Save identity or upload it (POST /pulid_flux/identities), then refresh "
+                                "the list.")
     return load_identity(path)
 
 
@@ -197,7 +201,7 @@ def file_state(file_name: str) -> str:
 
 
 def save_to_folder(identity: Identity, name: str, overwrite: bool) -> str:
-    file_name = sanitise_name(name)
+    file_name = identity_file_name(name)
     return save_identity(identity, os.path.join(save_folder(), file_name), overwrite)
 
 

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from .identity_store import write_file_atomically
+from .safetensors_file import (SafetensorsFileError, SafetensorsHeader, load_tensors, load_tensors_from_bytes,
+                               parse_header, read_header)
+
 FORMAT_NAME = "pulid_flux_identity"
 FORMAT_VERSION = 1
 ARCFACE_DIM = 512
@@ -26,8 +30,10 @@ MAX_FILE_BYTES = 16 * 2**20  # an identity is well under 1 MB; the upload route 
 TENSORS = ("id_tokens", "uncond_tokens", "arcface", "preview")
 SAVE_HINT = ("Make identity files with the Encode identity + Save identity nodes or "
              "`python -m pulid_tools identity`; PuLID-Flux weights belong in models/pulid, not in models/pulid/identities.")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+# Values a healthy identity stays far inside: ID tokens are of order 1-10 (the cross-attention normalises them, but
+# fp16 compute overflows at 65504), ArcFace rows are unit vectors (float32 normalisation: |norm - 1| < 1e-6).
+MAX_ABS_TOKEN = 1e4
+ARCFACE_NORM_TOLERANCE = 1e-3
 
 
 def _pack_version() -> str:
@@ -43,12 +49,13 @@ def _pack_version() -> str:
 PACK_VERSION = _pack_version()
 
 
-class IdentityFileError(ValueError):
-    """An identity file (or upload) that cannot be used, naming the file, the problem and the fix."""
+class IdentityFileError(SafetensorsFileError):
+    """An identity file (or upload) that cannot be used: 'NAME: problem', the path, and 'Fix: ...'."""
+    wrong_kind_fix = SAVE_HINT
 
 
 def _fail(path: str, problem: str, fix: str = SAVE_HINT) -> IdentityFileError:
-    return IdentityFileError(f"{os.path.basename(path)}: {problem}\n  file: {path}\n  Fix: {fix}")
+    return IdentityFileError(path, problem, fix)
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +113,7 @@ def build_identity(id_tokens: torch.Tensor, uncond_tokens: torch.Tensor, arcface
                         preview_rows(preview), meta)
     problem = _shape_problem({k: tuple(getattr(identity, k).shape) for k in TENSORS},
                              {k: _DTYPE_NAMES[getattr(identity, k).dtype] for k in TENSORS})
+    problem = problem or _value_problem(identity_tensors(identity))
     if problem:
         raise ValueError(f"cannot build an identity: {problem}")
     return identity
@@ -148,144 +156,80 @@ def identity_bytes(identity: Identity) -> bytes:
 
 def save_identity(identity: Identity, path: str, overwrite: bool = False) -> str:
     """Write atomically; an existing file is kept (FileExistsError) unless overwrite."""
-    data = identity_bytes(identity)
-    return write_file_bytes(data, path, overwrite)
+    return write_file_atomically(identity_bytes(identity), path, overwrite)
 
 
-def write_file_bytes(data: bytes, path: str, overwrite: bool = False) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    if not overwrite and os.path.exists(path):
-        raise FileExistsError(f"{os.path.basename(path)} already exists in {folder}; choose another name or set "
-                              f"overwrite to replace it.")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    try:
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # atomic and refuses an existing file, even one created meanwhile
-    except FileExistsError:
-        raise FileExistsError(f"{os.path.basename(path)} already exists in {folder}; choose another name or set "
-                              f"overwrite to replace it.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def _parse_header(path: str, head: bytes, size: int) -> tuple[dict, dict]:
-    if size < 8 or len(head) < 8:
-        raise _fail(path, f"not a safetensors file (only {size} bytes).")
-    n = int.from_bytes(head[:8], "little")
-    if n <= 1 or n > 100 * 2**20 or head[8:9] != b"{":
-        raise _fail(path, "not a safetensors file (no safetensors header; is it a pickle/.pt file renamed?).")
-    if 8 + n > size:
-        raise _fail(path, f"the file is truncated: {size:,} bytes, shorter than its own header.",
-                    "copy or download the file again.")
-    try:
-        header = json.loads(head[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _fail(path, "the safetensors header is not valid JSON: the file is corrupt.",
-                    "copy or download the file again.") from None
-    if not isinstance(header, dict):
-        raise _fail(path, "the safetensors header is not a JSON object: the file is corrupt.")
-    metadata = header.pop("__metadata__", None) or {}
-    end = max((int(v.get("data_offsets", [0, 0])[1]) for v in header.values() if isinstance(v, dict)), default=0)
-    if 8 + n + end > size:
-        raise _fail(path, f"the file is truncated: it has {size:,} bytes, its header describes {8 + n + end:,}.",
-                    "copy or download the file again (an interrupted copy or upload cuts files short).")
-    return header, metadata
-
-
-def _check_header(path: str, header: dict, metadata: dict) -> None:
+def _check_header(path: str, header: SafetensorsHeader) -> None:
+    metadata = header.metadata
     if metadata.get("format") != FORMAT_NAME:
-        keys = sorted(header)
+        keys = sorted(header.tensors)
         what = ""
         if any(k.startswith(("pulid_encoder.", "pulid_ca.")) for k in keys):
             what = " It holds PuLID-Flux model weights: put it in models/pulid and load it with Load PuLID-Flux Model."
         shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
         raise _fail(path, f"not a PuLID-Flux identity file (no '{FORMAT_NAME}' format in its metadata; tensors: "
                           f"{shown or 'none'}).{what}")
-    try:
-        version = int(metadata.get("format_version", ""))
-    except ValueError:
-        raise _fail(path, f"its format_version {metadata.get('format_version')!r} is not a number.") from None
+    version = _whole_number(metadata.get("format_version", ""))
+    if version is None or version < 1:
+        raise _fail(path, f"its format_version {metadata.get('format_version')!r} is not a positive whole number: "
+                          f"the file is damaged.")
     if version > FORMAT_VERSION:
         raise _fail(path, f"made by a newer pack (identity format {version}; this pack reads up to {FORMAT_VERSION}).",
                     "update ComfyUI-PuLID-Flux.")
-    problem = _shape_problem({k: tuple(v.get("shape", ())) for k, v in header.items()},
-                             {k: v.get("dtype", "?") for k, v in header.items()})
+    problem = _shape_problem(header.shapes, header.dtypes)
     if problem:
         raise _fail(path, problem + ".")
+    references = _whole_number(metadata.get("references", "1"))
+    if references is None or references < 1:
+        raise _fail(path, f"its 'references' metadata {metadata.get('references')!r} is not a positive whole number: "
+                          f"the file is damaged.", "encode the identity again from the photos.")
+
+
+def _whole_number(text: str) -> int | None:
+    return int(text) if isinstance(text, str) and re.fullmatch(r"[0-9]{1,9}", text) else None
+
+
+def _value_problem(tensors: dict[str, torch.Tensor]) -> str | None:
+    for name in ("id_tokens", "uncond_tokens", "arcface"):
+        if not torch.isfinite(tensors[name]).all():
+            return f"'{name}' holds NaN or infinite values"
+    for name in ("id_tokens", "uncond_tokens"):
+        biggest = tensors[name].abs().max().item() if tensors[name].numel() else 0.0
+        if biggest > MAX_ABS_TOKEN:
+            return (f"'{name}' holds values up to {biggest:.3g}, far outside what the ID encoder gives (|x| <= "
+                    f"{MAX_ABS_TOKEN:g})")
+    norms = tensors["arcface"].double().norm(dim=-1)
+    off = (norms - 1).abs()
+    if off.numel() and off.max().item() > ARCFACE_NORM_TOLERANCE:
+        row = int(off.argmax())
+        return (f"ArcFace row {row} has length {norms[row].item():.6g}; the format stores unit vectors (length 1 "
+                f"within {ARCFACE_NORM_TOLERANCE:g})")
+    return None
 
 
 def read_identity_bytes(data: bytes, path: str = "upload") -> Identity:
     """Validate and load an identity from bytes (an upload). Never unpickles: safetensors only."""
-    header, metadata = _parse_header(path, data[:8 + min(len(data), 100 * 2**20)], len(data))
-    _check_header(path, header, metadata)
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        tensors = load(data)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise _fail(path, f"the file is corrupt ({e}).", "copy or download the file again.") from None
-    return _finish(path, tensors, metadata)
+    header = parse_header(path, data, len(data), IdentityFileError)
+    _check_header(path, header)  # before reading any tensor
+    _, tensors = load_tensors_from_bytes(data, path, IdentityFileError)
+    return _finish(path, tensors, header.metadata)
 
 
 def load_identity(path: str) -> Identity:
     """Validate the header (before reading any data), then load. Errors name the file and the fix."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise IdentityFileError(f"identity file not found: {path}\n  Fix: {SAVE_HINT}")
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else 0
-        if 1 < n <= 100 * 2**20:
-            head += f.read(n)
-    header, metadata = _parse_header(path, head, size)
-    _check_header(path, header, metadata)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(path, device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise _fail(path, f"the file is corrupt ({e}).", "copy or download the file again.") from None
-    return _finish(path, tensors, metadata)
+        raise IdentityFileError(path, "identity file not found.")
+    header = read_header(path, IdentityFileError)
+    _check_header(path, header)
+    return _finish(path, load_tensors(path, IdentityFileError), header.metadata)
 
 
 def _finish(path: str, tensors: dict, metadata: dict) -> Identity:
-    for name in ("id_tokens", "uncond_tokens", "arcface"):
-        if not torch.isfinite(tensors[name]).all():
-            raise _fail(path, f"'{name}' holds NaN or infinite values: the file is damaged.",
-                        "encode the identity again from the photos.")
-    return Identity(*(tensors[k] for k in TENSORS), meta=dict(metadata), source=path)
-
-
-# --- names ----------------------------------------------------------------------------------------------
-def sanitise_name(name: str) -> str:
-    """A user-given identity name -> 'NAME.safetensors'. Refuses (ValueError) anything that is not a plain file
-    name: path separators, '..', absolute or drive paths, hidden/reserved names, other extensions."""
-    raw = str(name).strip()
-    base = raw[:-len(".safetensors")] if raw.lower().endswith(".safetensors") else raw
-    problem = None
-    if not raw or not base:
-        problem = "it is empty"
-    elif "/" in raw or "\\" in raw or ".." in raw or ":" in raw or "\x00" in raw or os.path.isabs(raw):
-        problem = "it is a path, not a plain file name (no '/', '\\', '..' or drive letters)"
-    elif not _NAME_RE.match(base) or base.endswith((".", " ")):
-        problem = "use letters, digits, spaces and . _ - ( ) + only, starting with a letter or digit, at most 100"
-    elif base.split(".")[0].lower() in _WINDOWS_RESERVED:
-        problem = "it is a reserved device name on Windows"
-    elif os.path.splitext(base)[1].lower() in (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".json", ".onnx"):
-        problem = "identity files are .safetensors only"
+    problem = _value_problem(tensors)
     if problem:
-        raise ValueError(f"identity name {name!r} refused: {problem}. Example: 'alice' or 'alice.safetensors'.")
-    return base + ".safetensors"
+        raise _fail(path, f"{problem}: the file is damaged.", "encode the identity again from the photos.")
+    return Identity(*(tensors[k] for k in TENSORS), meta=dict(metadata), source=path)
 
 
 # --- blending ---------------------------------------------------------------------------------------------
@@ -313,7 +257,7 @@ def blend_identities(a: Identity, b: Identity, ratio: float) -> Identity:
         a.uncond_tokens * (1.0 - ratio) + b.uncond_tokens * ratio)
     arcface = F.normalize(a.mean_arcface() * (1.0 - ratio) + b.mean_arcface() * ratio, dim=0)[None]
     previews = [a.preview, b.preview] if a.preview.shape[1:] == b.preview.shape[1:] else [a.preview]
-    refs = sum(int(x.meta.get("references", x.arcface.shape[0])) for x in (a, b))
+    refs = sum(_whole_number(x.meta.get("references", "")) or x.arcface.shape[0] for x in (a, b))
     meta = dict(a.meta, references=str(refs), fusion=f"blend of {a.meta.get('fusion', '?')}/{b.meta.get('fusion', '?')}",
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 pack_version=PACK_VERSION,

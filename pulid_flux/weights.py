@@ -1,7 +1,6 @@
 """Loading PuLID-Flux weight files: validate every key and shape before building anything."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -10,6 +9,7 @@ import torch
 
 from .config import OFFICIAL, PulidConfig, expected_shapes
 from .model import PulidFlux
+from .safetensors_file import SafetensorsFileError, load_tensors, read_header
 
 DOWNLOAD_HINT = ("Download pulid_flux_v0.9.1.safetensors (or v0.9.0) from https://huggingface.co/guozinan/PuLID "
                  "into ComfyUI/models/pulid/.")
@@ -17,61 +17,14 @@ CONFIG_METADATA_KEY = "pulid_config"  # written only by this project's test fixt
 _PREFIXES = ("pulid_encoder.", "pulid_ca.")
 
 
-class PulidWeightsError(ValueError):
+class PulidWeightsError(SafetensorsFileError):
     """A PuLID-Flux file that cannot be used, with the reason and what to download instead."""
+    wrong_kind_fix = DOWNLOAD_HINT
+    damaged_fix = "download the file again: " + DOWNLOAD_HINT
 
 
 def _fail(path: str, problem: str) -> PulidWeightsError:
-    return PulidWeightsError(f"{os.path.basename(path)}: {problem}\n  file: {path}\n  {DOWNLOAD_HINT}")
-
-
-def _read_safetensors_header(path: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """Keys, shapes and metadata without reading tensor data; raises on a truncated or corrupt header."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise _fail(path, f"the file is only {size} bytes: truncated or not a safetensors file.")
-        n = int.from_bytes(raw, "little")
-        if n <= 0 or 8 + n > size:
-            raise _fail(path, "the safetensors header is corrupt or the file is truncated.")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise _fail(path, "the safetensors header is not valid JSON: the file is corrupt.") from None
-    if not isinstance(header, dict):
-        raise _fail(path, "the safetensors header is corrupt: it is not a table of tensors.")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise _fail(path, "the safetensors header is corrupt: its metadata is not a table of strings.")
-    for key, info in header.items():
-        problem = _entry_problem(info)
-        if problem:
-            raise _fail(path, f"the safetensors header is corrupt: the entry of '{key}' {problem}.")
-    end = max((info["data_offsets"][1] for info in header.values()), default=0)
-    if 8 + n + end > size:
-        raise _fail(path, f"the file is truncated: it has {size:,} bytes, its header describes {8 + n + end:,}.")
-    return {k: tuple(v["shape"]) for k, v in header.items()}, metadata
-
-
-def _is_int(x) -> bool:
-    return type(x) is int and x >= 0
-
-
-def _entry_problem(info) -> str | None:
-    """What is wrong with one tensor entry of a safetensors header, or None."""
-    if not isinstance(info, dict):
-        return "is not an object"
-    if not isinstance(info.get("dtype"), str):
-        return "has no dtype"
-    shape = info.get("shape")
-    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
-        return "has no valid shape (a list of non-negative integers)"
-    offsets = info.get("data_offsets")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
-            and offsets[0] <= offsets[1]):
-        return "has no valid data_offsets (begin and end, begin <= end)"
-    return None
+    return PulidWeightsError(path, problem)
 
 
 def torch_load_problem(error: Exception, advice: str) -> str:
@@ -89,10 +42,20 @@ def torch_load_problem(error: Exception, advice: str) -> str:
 
 
 def _describe_foreign(path: str, keys: list[str]) -> str | None:
-    if any(k.startswith(("id_adapter", "id_adapter_attn_layers")) for k in keys):
+    def has(*prefixes):
+        return any(k.startswith(prefixes) for k in keys)
+
+    if has("id_adapter.", "id_adapter_attn_layers."):
         return "this is PuLID for SDXL (pulid_v1.1.safetensors / pulid_v1.bin), not PuLID-Flux."
-    if any(k.startswith(("double_blocks.", "model.diffusion_model.", "single_blocks.")) for k in keys):
+    if has("ip_adapter.") and has("image_proj.mapping_", "image_proj.body."):
+        return ("this is PuLID for SDXL in cubiq's PuLID_ComfyUI layout (ip-adapter_pulid_sdxl_fp16.safetensors), not "
+                "PuLID-Flux; it belongs to that pack's loader.")
+    if has("ip_adapter.", "image_proj."):
+        return "this is an IP-Adapter model, not PuLID-Flux weights (it belongs in models/ipadapter)."
+    if has("double_blocks.", "single_blocks.", "model.diffusion_model.double_blocks."):
         return "this is a Flux diffusion model, not PuLID-Flux weights (load it with the diffusion model loader)."
+    if has("model.diffusion_model.", "input_blocks.", "conditioner.", "cond_stage_model."):
+        return "this is a Stable Diffusion / SDXL checkpoint, not PuLID-Flux weights."
     if any(k.startswith(("visual.", "vision_model.", "blocks.")) for k in keys):
         return "this is a CLIP image encoder (EVA-CLIP?), not PuLID-Flux weights."
     return None
@@ -131,18 +94,12 @@ def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], PulidConfig]:
     """Validated state dict (stored dtypes kept) and the architecture it describes."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise PulidWeightsError(f"PuLID-Flux weights not found: {path}\n  {DOWNLOAD_HINT}")
+        raise PulidWeightsError(path, "PuLID-Flux weights not found.")
     if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        shapes, metadata = _read_safetensors_header(path)
-        cfg = _config_from_metadata(path, metadata)
-        validate_keys(path, shapes, cfg)  # before reading a gigabyte of data
-        try:
-            return load_file(path, device="cpu"), cfg
-        except SafetensorError as e:
-            raise _fail(path, f"the file is corrupt ({e}).") from None
+        header = read_header(path, PulidWeightsError)
+        cfg = _config_from_metadata(path, header.metadata)
+        validate_keys(path, header.shapes, cfg)  # before reading a gigabyte of data
+        return load_tensors(path, PulidWeightsError), cfg
     if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
         try:
             # weights_only: a checkpoint never gets to run code while it is read.

@@ -143,9 +143,15 @@ def encode_identity_file(args) -> str:
 
     from pulid_flux.identity import build_identity, file_fingerprint, save_identity
 
+    from pulid_flux.identity_store import IdentityNameError, identity_file_name
+
     out = os.path.abspath(args.out)
     if not out.endswith(".safetensors"):
         raise SetupError(f"--out {args.out}: identity files end in .safetensors")
+    try:  # the name rule of Save identity and the upload route: the file must be usable on any server
+        identity_file_name(os.path.basename(out))
+    except IdentityNameError as e:
+        raise SetupError(f"--out {args.out}: {e}") from None
     if os.path.exists(out) and not args.overwrite:
         raise SetupError(f"--out {out} exists: choose another name or add --overwrite")
     folders = model_folders(args.models)

@@ -14,6 +14,7 @@ from encoders import load_face_analysis
 from encoders import similarity
 from pulid_flux import identity as ident
 from pulid_flux.identity import IdentityFileError
+from pulid_flux.identity_store import identity_file_name
 from testing import encoder_fakes as fakes
 from testing.pulid_fakes import write_pulid_file
 
@@ -118,7 +119,7 @@ def test_every_bad_file_gets_its_message_naming_the_file_and_the_fix(tmp_path):
         assert text.startswith(os.path.basename(path) + ": ") and f"file: {path}" in text and "Fix: " in text, what
         with pytest.raises(IdentityFileError, match="upload"):  # the upload path uses the same checks
             ident.read_identity_bytes(open(path, "rb").read(), "upload")
-    with pytest.raises(IdentityFileError, match="identity file not found: .*nope.safetensors"):
+    with pytest.raises(IdentityFileError, match="nope.safetensors: identity file not found"):
         ident.load_identity(str(tmp_path / "nope.safetensors"))
 
 
@@ -135,13 +136,13 @@ def test_a_pickle_renamed_to_safetensors_is_refused_without_running_it(tmp_path)
                                   "a\x00b", "con", "x.pt", "x" * 101, "bad*name"])
 def test_traversal_and_odd_names_are_refused(name):
     with pytest.raises(ValueError, match="identity name .* refused: "):
-        ident.sanitise_name(name)
+        identity_file_name(name)
 
 
 def test_plain_names_get_the_extension():
-    assert ident.sanitise_name("alice") == "alice.safetensors"
-    assert ident.sanitise_name("Alice Smith (2).safetensors") == "Alice Smith (2).safetensors"
-    assert ident.sanitise_name(" bob_v1.2 ") == "bob_v1.2.safetensors"
+    assert identity_file_name("alice") == "alice.safetensors"
+    assert identity_file_name("Alice Smith (2).safetensors") == "Alice Smith (2).safetensors"
+    assert identity_file_name(" bob_v1.2 ") == "bob_v1.2.safetensors"
 
 
 # --- blending -------------------------------------------------------------------------------------------

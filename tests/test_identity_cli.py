@@ -67,3 +67,12 @@ def test_out_must_be_safetensors_and_is_not_overwritten(tmp_path):
     result = run("--face", "x.png", "--models", str(tmp_path), "--out", str(tmp_path / "a.pt"))
     assert result.returncode == 1 and "identity files end in .safetensors" in result.stderr
     assert os.listdir(tmp_path) == ["a.safetensors"]
+
+
+def test_out_follows_the_identity_name_rule(tmp_path):
+    """One name rule for the node, the route and the CLI: a file the CLI writes can be uploaded and loaded."""
+    for name, problem in (("Zoë.safetensors", "which is not ASCII"), ("con.safetensors", "reserved device name"),
+                          ("abc\n.safetensors", "control character (U+000A")):
+        result = run("--face", "x.png", "--models", str(tmp_path), "--out", str(tmp_path / name))
+        assert result.returncode == 1 and problem in result.stderr and "Rule: " in result.stderr, result.stderr
+    assert os.listdir(tmp_path) == []

@@ -201,8 +201,9 @@ def test_load_node_lists_files_reloads_changes_and_names_bad_files(env):
     save_file({"x": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not_an_identity.safetensors: not a PuLID-Flux identity file"):
         load().load("not_an_identity.safetensors")
-    with pytest.raises(ValueError, match="'gone.safetensors' is not in any identities folder"):
+    with pytest.raises(ValueError, match="gone.safetensors: not in any identities folder") as e:
         load().load("gone.safetensors")
+    assert "Fix: save it with Save identity or upload it" in str(e.value)
     # identity files never show up as PuLID-Flux weights in the model loader
     assert not [n for n in env.N["PulidFluxModelLoader"].INPUT_TYPES()["required"]["pulid_file"][0] if "identities" in n]
 

@@ -146,3 +146,43 @@ def test_face_similarity_lands_in_history(server, identity_bytes):
     assert len(scores) == 1
     tol.assert_close(scores[0], 1.0, torch.float32, tol.OPS)
     assert entry["outputs"]["4"]["text"][0].startswith("image 1: 1.0000")
+
+
+def post_raw(server, body: bytes, content_type: str):
+    request = urllib.request.Request(server.url + ROUTE, data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        text = e.read()
+        try:
+            return e.code, json.loads(text)
+        except ValueError:
+            return e.code, text.decode("utf-8", "replace")
+
+
+def test_issue_15_uploads_get_4xx_on_the_real_server(server, identity_bytes):
+    """The classes that answered 500 or were accepted on a real server before (issue 15)."""
+    n = int.from_bytes(identity_bytes[:8], "little")
+    header = json.loads(identity_bytes[8:8 + n])
+    header["__metadata__"] = ["not", "an", "object"]
+    text = json.dumps(header).encode()
+    mistyped = len(text).to_bytes(8, "little") + text + identity_bytes[8 + n:]
+    status, body = post(server, "typed.safetensors", mistyped)
+    assert status == 400 and "'__metadata__' must map names to text" in body["error"], body
+    status, body = post(server, "ok.safetensors", identity_bytes, name="abc\n")
+    assert status == 400 and "control character (U+000A" in body["error"], body
+    status, body = post(server, "ok.safetensors", identity_bytes, name="Zoë")
+    assert status == 400 and "which is not ASCII" in body["error"], body
+    boundary = uuid.uuid4().hex
+    part = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="twice.safetensors"\r\n\r\n'
+            .encode() + identity_bytes + b"\r\n")
+    status, body = post_raw(server, part + part + f"--{boundary}--\r\n".encode(),
+                            f"multipart/form-data; boundary={boundary}")
+    assert status == 400 and "the field 'file' is sent twice" in body["error"], body
+    status, body = post_raw(server, part[:-50], f"multipart/form-data; boundary={boundary}")
+    assert status == 400 and "cut short" in body["error"], body
+    assert not {"typed.safetensors", "twice.safetensors"} & set(os.listdir(identities_folder(server)))
+    assert not [f for f in os.listdir(identities_folder(server)) if "\n" in f]
+    assert server.get_json("/system_stats")  # still serving

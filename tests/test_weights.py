@@ -99,6 +99,29 @@ def test_sdxl_pulid_is_refused_with_the_right_download(tmp_path):
     assert "pulid_v1.1.safetensors" in _msg(e)
 
 
+@pytest.mark.parametrize("state,expected", [
+    # cubiq's PuLID_ComfyUI (PuLID for SDXL): image_proj = its IDEncoder (body, mapping_i), ip_adapter = to_k/v_ip
+    ({"image_proj.body.0.weight": torch.zeros(8, 4), "image_proj.mapping_0.0.weight": torch.zeros(4, 4),
+      "ip_adapter.1.to_k_ip.weight": torch.zeros(4, 8), "ip_adapter.1.to_v_ip.weight": torch.zeros(4, 8)},
+     "PuLID for SDXL in cubiq's PuLID_ComfyUI layout (ip-adapter_pulid_sdxl_fp16.safetensors)"),
+    ({"image_proj.proj.weight": torch.zeros(4, 4), "ip_adapter.1.to_k_ip.weight": torch.zeros(4, 4)},
+     "an IP-Adapter model"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4),
+      "conditioner.embedders.0.transformer.text_model.embeddings.position_ids": torch.zeros(1, 4)},
+     "a Stable Diffusion / SDXL checkpoint"),
+    ({"double_blocks.0.img_attn.qkv.weight": torch.zeros(4, 4)}, "a Flux diffusion model"),
+], ids=["cubiq-pulid-sdxl", "ip-adapter", "sdxl-checkpoint", "flux"])
+def test_other_models_are_named_for_what_they_are(tmp_path, state, expected):
+    """Before: an SDXL checkpoint was 'a Flux diffusion model' and cubiq's PuLID for SDXL only a list of keys."""
+    path = str(tmp_path / "model.safetensors")
+    save_file(state, path)
+    with pytest.raises(PulidWeightsError) as e:
+        load_pulid_flux(path)
+    assert expected in _msg(e) and "pulid_flux_v0.9.1.safetensors" in _msg(e), _msg(e)
+    if expected != "a Flux diffusion model":
+        assert "Flux diffusion model" not in _msg(e)
+
+
 def test_truncated_file_is_refused(tmp_path):
     path = write_pulid_file(str(tmp_path / "pulid_flux_v0.9.1.safetensors"), TINY)
     data = open(path, "rb").read()
@@ -114,7 +137,7 @@ def test_truncated_file_is_refused(tmp_path):
 def test_corrupt_header_is_refused(tmp_path):
     path = str(tmp_path / "pulid_flux.safetensors")
     open(path, "wb").write((20).to_bytes(8, "little") + b"{not json at all!!!}" + b"\0" * 64)
-    with pytest.raises(PulidWeightsError, match="corrupt"):
+    with pytest.raises(PulidWeightsError, match="damaged safetensors header: not valid JSON"):
         load_pulid_flux(path)
 
 
@@ -193,7 +216,7 @@ def _write_header(path, header: dict, data: bytes = b"\0" * 64):
         "int-dtype", "str-entry"])
 def test_header_entries_missing_or_mistyped_name_the_corrupt_file(tmp_path, entry):
     path = _write_header(str(tmp_path / "pulid_flux_v0.9.1.safetensors"), {"pulid_encoder.latents": entry})
-    with pytest.raises(PulidWeightsError, match="corrupt") as e:
+    with pytest.raises(PulidWeightsError, match="damaged safetensors header") as e:
         load_pulid_flux(path)
     assert path in _msg(e) and "pulid_encoder.latents" in _msg(e)
 
@@ -202,7 +225,7 @@ def test_header_entries_missing_or_mistyped_name_the_corrupt_file(tmp_path, entr
                          ids=["list", "str-metadata", "int-metadata-value"])
 def test_header_that_is_not_a_tensor_table_names_the_corrupt_file(tmp_path, header):
     path = _write_header(str(tmp_path / "pulid_flux.safetensors"), header)
-    with pytest.raises(PulidWeightsError, match="corrupt") as e:
+    with pytest.raises(PulidWeightsError, match="damaged safetensors header") as e:
         load_pulid_flux(path)
     assert path in _msg(e)
 

@@ -1,0 +1,230 @@
+"""Tier (a), no ComfyUI: POST /pulid_flux/identities in process (the handler identity_routes.py registers, on an
+aiohttp server on 127.0.0.1), with raw HTTP so that bodies can be malformed, cut short or longer than announced.
+Nothing a client sends may produce a 5xx; every refusal says why."""
+import asyncio
+import json
+import os
+import urllib.parse
+import uuid
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from pulid_flux import identity as ident
+from pulid_flux.identity_upload import MAX_BODY_BYTES, handle_upload
+from test_identity_files import GOOD, make_identity, setter, with_header
+
+ROUTE = "/pulid_flux/identities"
+
+
+class UploadServer:
+    def __init__(self, folder, handler=handle_upload):
+        self.folder = str(folder)
+        self.loop = asyncio.new_event_loop()
+        app = web.Application()
+
+        async def upload(request):
+            return await handler(request, self.folder)
+
+        app.router.add_post(ROUTE, upload)
+        self.server = TestServer(app, host="127.0.0.1")
+        self.loop.run_until_complete(self.server.start_server())
+        self.port = self.server.port
+
+    def close(self):
+        self.loop.run_until_complete(self.server.close())
+        self.loop.close()
+
+    def run(self, coro):
+        return self.loop.run_until_complete(asyncio.wait_for(coro, 60))
+
+    def post(self, body: bytes, content_type: str, headers: dict | None = None, length: int | None = None,
+             cut: bool = False):
+        """(status, json body) for a raw POST; `length` overrides Content-Length; `cut`: stop sending after body."""
+        return self.run(self._request(body, content_type, headers or {}, len(body) if length is None else length, cut))
+
+    async def _request(self, body, content_type, headers, length, cut):
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            head = [f"POST {ROUTE} HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {content_type}",
+                    f"Content-Length: {length}"]
+            head += [f"{k}: {v}" for k, v in headers.items()]
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+            await writer.drain()
+            if cut:
+                writer.write_eof()  # the client stops sending: a body cut short
+            return await read_response(reader)
+        finally:
+            writer.close()
+
+    def files(self):
+        return sorted(os.listdir(self.folder))
+
+
+async def read_response(reader):
+    status_line = await reader.readline()
+    if not status_line:
+        return None, None  # the server closed the connection without answering
+    status = int(status_line.split()[1])
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode().partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    data = await reader.readexactly(length) if length else b""
+    try:
+        return status, json.loads(data) if data else None
+    except ValueError:
+        return status, data.decode("utf-8", "replace")  # aiohttp's own plain-text 400 for a malformed request
+
+
+def multipart(parts, boundary=None) -> tuple[bytes, str]:
+    """parts: (field name, file name or None, content bytes[, extra header lines])."""
+    boundary = boundary or uuid.uuid4().hex
+    out = b""
+    for name, file_name, content, *extra in parts:
+        disposition = f'form-data; name="{name}"'
+        if file_name is not None and (file_name.isprintable() and file_name.isascii()):
+            disposition += f'; filename="{file_name}"'
+        elif file_name is not None:  # RFC 5987, as browsers and HTTP libraries send such names
+            disposition += f"; filename*=utf-8''{urllib.parse.quote(file_name)}"
+        lines = [f"Content-Disposition: {disposition}", *(extra[0] if extra else [])]
+        out += f"--{boundary}\r\n".encode() + "\r\n".join(lines).encode() + b"\r\n\r\n" + content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = UploadServer(tmp_path_factory.mktemp("identities"))
+    yield srv
+    srv.close()
+
+
+def upload(server, file_name, data, **fields):
+    parts = [(k, None, v.encode()) for k, v in fields.items()] + [("file", file_name, data)]
+    return server.post(*multipart(parts))
+
+
+def test_a_valid_upload_is_written_once(server):
+    assert upload(server, "valid.safetensors", GOOD) == (200, {"name": "valid.safetensors", "bytes": len(GOOD)})
+    status, body = upload(server, "valid.safetensors", GOOD)
+    assert status == 409 and "valid.safetensors already exists" in body["error"] and "overwrite=true" in body["error"]
+    assert upload(server, "x.safetensors", GOOD, name="valid", overwrite="true")[0] == 200
+    assert open(os.path.join(server.folder, "valid.safetensors"), "rb").read() == GOOD
+
+
+@pytest.mark.parametrize("keys,value", [(("__metadata__",), ["x"]), (("id_tokens",), "x"),
+                                        (("arcface", "data_offsets"), ["0", "2048"]), (("preview", "shape"), [1, 2]),
+                                        (("id_tokens", "dtype"), 5)])
+def test_mistyped_headers_get_400_not_500(server, keys, value):
+    status, body = upload(server, "typed.safetensors", with_header(setter(*keys, value=value)))
+    assert status == 400 and body["error"].startswith("not a PuLID-Flux identity: typed.safetensors: damaged"), body
+    assert "typed.safetensors" not in server.files()
+
+
+@pytest.mark.parametrize("where", ["filename", "name field"])
+def test_a_name_with_a_trailing_newline_is_refused(server, where):
+    name = "abc\n.safetensors"
+    status, body = (upload(server, name, GOOD) if where == "filename" else
+                    upload(server, "ok.safetensors", GOOD, name="abc\n"))
+    assert status == 400 and "control character (U+000A" in body["error"], body
+    assert not [f for f in server.files() if "\n" in f or f.startswith("abc")]
+
+
+@pytest.mark.parametrize("name", ["Zoë", "名前"])
+def test_non_ascii_names_are_refused_saying_ascii(server, name):
+    status, body = upload(server, "ok.safetensors", GOOD, name=name)
+    assert status == 400 and "which is not ASCII" in body["error"] and "Rule: 1 to 100 ASCII letters" in body["error"]
+
+
+def test_two_file_fields_are_refused(server):
+    other = ident.identity_bytes(make_identity(5))
+    status, body = server.post(*multipart([("file", "twice.safetensors", GOOD), ("file", "twice.safetensors", other)]))
+    assert status == 400 and "the field 'file' is sent twice" in body["error"]
+    status, body = server.post(*multipart([("name", None, b"a"), ("name", None, b"b"), ("file", "n.safetensors", GOOD)]))
+    assert status == 400 and "the field 'name' is sent twice" in body["error"]
+    assert "twice.safetensors" not in server.files()
+
+
+def test_a_body_longer_than_content_length_is_a_400(server):
+    body, content_type = multipart([("file", "long.safetensors", GOOD)])
+    status, answer = server.post(body + b"trailing bytes the server was not told about", content_type)
+    assert status in (200, 400), (status, answer)  # aiohttp refuses data after `Connection: close` itself
+    status, answer = server.post(body[:-100], content_type)  # Content-Length ends before the closing boundary
+    assert status == 400 and "not well-formed multipart/form-data or was cut short" in answer["error"], answer
+    assert "Reading after EOF" in answer["error"]  # was an HTTP 500 before
+
+
+def test_a_body_cut_short_is_not_a_500(server):
+    body, content_type = multipart([("file", "cut.safetensors", GOOD)])
+    status, answer = server.post(body[:len(body) // 2], content_type, length=len(body), cut=True)
+    assert status in (None, 400), (status, answer)
+    assert "cut.safetensors" not in server.files()
+    assert upload(server, "after_cut.safetensors", GOOD)[0] == 200  # still serving
+
+
+@pytest.mark.parametrize("body,content_type,status,message", [
+    (b"{}", "application/json", 400, "send multipart/form-data"),
+    (b"garbage", "multipart/form-data; boundary=xyz", 400, "not well-formed multipart"),
+    (b"--xyz--\r\n", "multipart/form-data; boundary=xyz", 400, "no 'file' field"),
+    (b"x", "multipart/form-data", 400, "not well-formed multipart"),
+])
+def test_bodies_that_are_not_an_upload(server, body, content_type, status, message):
+    got, answer = server.post(body, content_type)
+    assert got == status and message in answer["error"], answer
+
+
+def test_oversize_is_refused_from_the_headers(server):
+    status, body = server.post(b"", "multipart/form-data; boundary=xyz", length=300 * 2**20)
+    assert status == 413 and "Content-Length 314,572,800 bytes" in body["error"]
+    parts = [("file", "big.safetensors", GOOD, [f"Content-Length: {200 * 2**20}"])]
+    status, body = server.post(*multipart(parts))
+    assert status == 413 and "the part's Content-Length is 209,715,200 bytes" in body["error"]
+
+
+async def _stream(server, field, size):
+    """Send one `size`-byte field with chunked encoding (no Content-Length) and stop when the answer comes: the
+    bytes sent by then bound what the server read."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    boundary = "b" + uuid.uuid4().hex
+    writer.write((f"POST {ROUTE} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+                  f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
+    answer = asyncio.ensure_future(read_response(reader))
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="a.safetensors"\r\n\r\n'.encode()
+    sent, chunk = 0, b"x" * 2**16
+    pieces = [head] + [chunk] * (size // len(chunk))
+    try:
+        for piece in pieces:
+            if answer.done():
+                break
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            sent += len(piece)
+            await writer.drain()
+            await asyncio.sleep(0)
+        status, body = await answer
+    finally:
+        writer.close()
+    return status, body, sent
+
+
+@pytest.mark.parametrize("field,status,message", [("name", 400, "the field 'name' is longer than 1024 bytes"),
+                                                  ("other", 413, "over the 16 MB limit"),
+                                                  ("file", 413, "over the 16 MB limit")])
+def test_reading_stops_at_the_limit(server, field, status, message):
+    got, body, sent = server.run(_stream(server, field, 60 * 2**20))
+    assert got == status and message in body["error"], body
+    # socket buffers on both sides hold a few MB; before, a 40-300 MB field was read whole (up to ComfyUI's 100 MB)
+    assert sent < MAX_BODY_BYTES + 16 * 2**20, sent
+
+
+def test_a_nested_multipart_part_is_a_400(server):
+    """Found beside issue 15: a `file` part that is itself multipart/mixed answered HTTP 500."""
+    inner = b'--in\r\nContent-Disposition: form-data; name="file"\r\n\r\nxx\r\n--in--\r\n'
+    body = (b'--out\r\nContent-Disposition: form-data; name="file"\r\nContent-Type: multipart/mixed; boundary=in'
+            b"\r\n\r\n" + inner + b"\r\n--out--\r\n")
+    status, answer = server.post(body, "multipart/form-data; boundary=out")
+    assert status == 400 and "nested multipart parts are not accepted" in answer["error"], answer
