@@ -191,7 +191,10 @@ class ComfyAPI:
             reply = {}
         if status == 200 and isinstance(reply, dict) and "prompt_id" in reply:
             if reply.get("node_errors"):  # queued without the outputs that failed validation: not what was asked
-                await self.cancel(reply["prompt_id"])
+                try:
+                    await self.cancel(reply["prompt_id"])
+                except ComfyError:
+                    pass  # the refusal is what matters; a server gone now is reported by the next request
                 raise PromptRefused(format_rejection(reply, graph, dropped=True))
             return reply["prompt_id"]
         if status == 400 and isinstance(reply, dict) and ("error" in reply or "node_errors" in reply):

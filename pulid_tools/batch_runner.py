@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -280,7 +281,8 @@ class BatchRunner:
         images = output_images(entry)
         files = []
         for i, image in enumerate(images):
-            ext = os.path.splitext(image.get("filename", ""))[1] or ".png"
+            ext = os.path.splitext(str(image.get("filename", "")))[1]
+            ext = ext if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", ext) else ".png"  # the manifest takes plain names only
             name = f"{job.stem()}{'_' + str(i) if len(images) > 1 else ''}{ext}"
             files.append(self.manifest.write_image(name, await api.view(image)))
         if not files:

@@ -38,8 +38,8 @@ def load_graph(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             graph = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise GraphError(f"cannot read {path}: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:  # also not UTF-8, a number past int's digit limit
+        raise GraphError(f"cannot read {path}: {str(e)[:300]}") from None
     return check_api_format(graph, path)
 
 

@@ -73,6 +73,20 @@ def test_a_damaged_manifest_is_resumed_with_a_warning_per_damaged_line(fake, tmp
     assert len(summary(str(path))) == 4
 
 
+def test_a_manifest_that_cannot_be_read_exits_2(fake, tmp_path, face, prompts, capsys):
+    (tmp_path / "out" / "manifest.jsonl").mkdir(parents=True)
+    assert batch([fake.url], face, prompts, tmp_path / "out") == 2
+    one_clear_line(capsys.readouterr().err, "manifest", str(tmp_path / "out" / "manifest.jsonl"))
+    assert fake.prompts == []
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{}", b"[" * 100000, b'{"1": ' + b"1" * 5000 + b"}"])
+def test_a_graph_file_that_is_not_json_exits_2(tmp_path, capsys, content):
+    (tmp_path / "g.json").write_bytes(content)
+    assert main(["queue", str(tmp_path / "g.json"), "--dry-run"]) == 2
+    one_clear_line(capsys.readouterr().err, f"cannot read {tmp_path / 'g.json'}")
+
+
 # --- 5. an output folder that cannot be written ----------------------------------------------------------
 def test_out_under_a_regular_file_exits_2_with_one_line(fake, tmp_path, face, prompts, capsys):
     blocker = tmp_path / "a_file"
