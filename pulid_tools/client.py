@@ -18,7 +18,7 @@ import time
 
 from . import graph as graphs
 from .api import REPLY_TIMEOUT_S, ComfyAPI, ComfyError, ServerURLError, parse_server
-from .manifest import OutputError, check_output_folder
+from .manifest import OutputError, check_output_folder, os_reason
 from .websocket import run_prompt
 
 DEFAULT_SERVER = os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188")
@@ -142,7 +142,7 @@ async def queue_graph(args, graph: dict) -> list[str]:
                     with open(path, "wb") as f:
                         f.write(data)
                 except OSError as e:
-                    raise OutputError(f"cannot write {e.filename or folder}: {e.strerror or e}") from None
+                    raise OutputError(f"cannot write {e.filename or folder}: {os_reason(e)}") from None
                 saved.append(path)
         reporter.line(f"done in {time.monotonic() - start:.1f} s")
         return saved

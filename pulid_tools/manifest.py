@@ -85,8 +85,15 @@ def read_manifest(path: str) -> tuple[dict[str, dict], list[str]]:
     except FileNotFoundError:
         return {}, []
     except OSError as e:
-        raise OutputError(f"cannot read the manifest {path}: {e.strerror or e}") from None
+        raise OutputError(f"cannot read the manifest {path}: {os_reason(e)}") from None
     return parse_manifest(data, path)
+
+
+def os_reason(error: OSError) -> str:
+    """The OS's reason, worded for a path where a folder was expected."""
+    if isinstance(error, FileExistsError):
+        return "a file of that name is in the way (not a folder)"
+    return error.strerror or str(error)
 
 
 def check_output_folder(folder: str, *subfolders: str) -> list[str]:
@@ -109,8 +116,7 @@ def check_output_folder(folder: str, *subfolders: str) -> list[str]:
                 os.close(fd)
                 os.remove(probe)
     except OSError as e:
-        raise OutputError(f"--out {folder}: cannot create or write {e.filename or folder}: "
-                          f"{e.strerror or e}") from None
+        raise OutputError(f"--out {folder}: cannot create or write {e.filename or folder}: {os_reason(e)}") from None
     return created
 
 
@@ -125,7 +131,7 @@ class Manifest:
             if os.path.getsize(self.path) and not self._ends_with_newline():
                 os.write(self._fd, b"\n")  # a cut last line: the next record starts on a line of its own
         except OSError as e:
-            raise OutputError(f"--out {folder}: cannot write the manifest {self.path}: {e.strerror or e}") from None
+            raise OutputError(f"--out {folder}: cannot write the manifest {self.path}: {os_reason(e)}") from None
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as f:
@@ -160,7 +166,7 @@ class Manifest:
                 os.remove(temp)
             except OSError:
                 pass
-            raise OutputError(f"cannot write {final}: {e.strerror or e}") from None
+            raise OutputError(f"cannot write {final}: {os_reason(e)}") from None
         return name
 
     def append(self, record: dict) -> None:
@@ -171,7 +177,7 @@ class Manifest:
             written = os.write(self._fd, line)
             os.fsync(self._fd)
         except OSError as e:
-            raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
+            raise OutputError(f"cannot write {self.path}: {os_reason(e)}") from None
         if written != len(line):
             raise OutputError(f"cannot write {self.path}: only {written} of {len(line)} bytes written (disk full?)")
         if record.get("status") == "done":
@@ -207,7 +213,7 @@ class Manifest:
                         os.replace(source, target)
                     except OSError as e:
                         raise OutputError(f"--keep-best: cannot move {source} to {target}: "
-                                          f"{e.strerror or e}") from None
+                                          f"{os_reason(e)}") from None
                 kept, rejected = kept + keep, rejected + (not keep)
         return kept, rejected, unscored
 

@@ -94,7 +94,7 @@ def test_out_under_a_regular_file_exits_2_with_one_line(fake, tmp_path, face, pr
     assert batch([fake.url], face, prompts, blocker / "out") == 2
     one_clear_line(capsys.readouterr().err, "--out", str(blocker / "out"))
     assert batch([fake.url], face, prompts, blocker) == 2  # --out is itself a file
-    one_clear_line(capsys.readouterr().err, "--out", str(blocker))
+    one_clear_line(capsys.readouterr().err, "--out", str(blocker), "a file of that name is in the way")
     assert main(["queue", BASIC, "--server", fake.url, "--face", face, "--out", str(blocker / "out")]) == 2
     one_clear_line(capsys.readouterr().err, "--out", str(blocker / "out"))
     assert fake.prompts == [] and fake.uploads == []  # refused before touching the server
@@ -158,6 +158,22 @@ def test_out_unwritable_mid_run_stops_at_once_with_the_real_error_and_resumes(tm
     finally:
         server.close()
         other.close()
+
+
+def test_queue_whose_out_breaks_mid_run_exits_1_with_the_real_error(tmp_path, face, capsys):
+    out = tmp_path / "out"
+
+    def break_out(n):
+        if out.exists():
+            shutil.rmtree(out)
+        out.write_text("in the way")
+
+    server = FakeComfy(on_prompt=break_out)
+    try:
+        assert main(["queue", BASIC, "--server", server.url, "--face", face, "--out", str(out), "--quiet"]) == 1
+    finally:
+        server.close()
+    one_clear_line(capsys.readouterr().err, "cannot write", str(out), "a file of that name is in the way")
 
 
 # --- hung servers -----------------------------------------------------------------------------------------
