@@ -122,8 +122,8 @@ def run(args) -> int:
             raise graphs.GraphError(f"file not found: {', '.join(missing)}")
         if args.seeds < 1 or args.per_server < 1 or (args.keep_best is not None and args.keep_best < 1):
             raise graphs.GraphError("--seeds, --per-server and --keep-best must be 1 or more")
-        if not (args.reply_timeout > 0 and args.timeout > 0) or args.retries < 1:
-            raise graphs.GraphError("--timeout and --reply-timeout must be above 0, --retries 1 or more")
+        if not (0 < args.reply_timeout < float("inf") and args.timeout > 0) or args.retries < 1:
+            raise graphs.GraphError("--timeout must be above 0, --reply-timeout a number of seconds above 0, --retries 1 or more")
         servers = list(dict.fromkeys(parse_server(s) for s in args.server or [server_from_environment()]))
         jobs, duplicates = make_jobs(graph, args.prompts, args.seeds, args.face, args.identity, args.assignments)
         check_output_folder(args.out, *([REJECTED] if args.keep_best else []))

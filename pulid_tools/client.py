@@ -151,8 +151,8 @@ async def queue_graph(args, graph: dict) -> list[str]:
 def run(args) -> int:
     created = []
     try:
-        if not (args.reply_timeout > 0 and args.timeout > 0):
-            raise graphs.GraphError("--timeout and --reply-timeout must be above 0")
+        if not (0 < args.reply_timeout < float("inf") and args.timeout > 0):
+            raise graphs.GraphError("--timeout must be above 0 and --reply-timeout a number of seconds above 0")
         args.server = parse_server(args.server) if args.server is not None else server_from_environment()
         graph = graphs.load_graph(args.graph)
         missing = [p for p in args.face + ([args.identity] if args.identity else []) if not os.path.isfile(p)]
