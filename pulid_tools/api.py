@@ -7,6 +7,7 @@ import hashlib
 import json
 import mimetypes
 import os
+import re
 import urllib.parse
 import uuid
 
@@ -17,6 +18,9 @@ from .versions import PACK_VERSION
 
 IDENTITY_ROUTE = "/pulid_flux/identities"
 WS_MAX_MESSAGE = 64 * 1024 * 1024  # previews are the largest messages ComfyUI sends
+REPLY_TIMEOUT_S = 15.0  # a ComfyUI answers every request in well under a second, even while it samples
+HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?"
+                  r"|\[[0-9A-Fa-f:.]+\]")
 
 
 class ComfyError(RuntimeError):
@@ -35,8 +39,35 @@ class PromptFailed(ComfyError):
     """The prompt ran and failed (execution_error, e.g. no face in a reference photo)."""
 
 
-def normalise_url(server: str) -> str:
-    return (server if "://" in server else f"http://{server}").rstrip("/")
+class ServerURLError(ValueError):
+    """A --server value that is not an http(s) address; the message names it and shows the form."""
+
+
+def parse_server(text: str) -> str:
+    """'HOST', 'HOST:PORT' or 'http(s)://HOST[:PORT][/PATH]' -> 'http(s)://HOST[:PORT][/PATH]'; anything else
+    raises ServerURLError (a usage error: nothing is contacted)."""
+    def bad(why: str) -> ServerURLError:
+        return ServerURLError(f"--server {text!r}: {why}; expected e.g. http://127.0.0.1:8188 or 127.0.0.1:8188")
+
+    if not isinstance(text, str) or not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise bad("empty, or holds spaces or control characters")
+    if "://" not in text and re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", text):
+        raise bad("a scheme is followed by '://'")
+    url = text if "://" in text else f"http://{text}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise bad(str(e)) from None
+    if parts.scheme not in ("http", "https"):
+        raise bad(f"the scheme must be http or https, not {parts.scheme!r}")
+    host = parts.netloc.rpartition("@")[2]
+    host = host[:-len(f":{port}")] if port is not None else host
+    if not HOST.fullmatch(host):
+        raise bad(f"{host!r} is not a host name or address" if host else "no host")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise bad("a query or fragment has no place in a server address")
+    return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
 
 
 def content_digest(path: str) -> str:
@@ -59,15 +90,15 @@ class ComfyAPI:
     """`async with ComfyAPI(url) as api:` one aiohttp session per server; connection problems raise
     ServerUnavailable with a message naming the server."""
 
-    def __init__(self, server: str, request_timeout: float = 60.0, client_id: str | None = None):
-        self.base = normalise_url(server)
-        self.request_timeout = request_timeout
+    def __init__(self, server: str, reply_timeout: float = REPLY_TIMEOUT_S, client_id: str | None = None):
+        self.base = parse_server(server)
+        self.reply_timeout = reply_timeout
         self.client_id = client_id or uuid.uuid4().hex
         self.session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self):
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, self.request_timeout),
-                                        sock_read=self.request_timeout)
+        # connect and every read bounded, the whole request not: a large image may take long to download
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.reply_timeout, sock_read=self.reply_timeout)
         self.session = aiohttp.ClientSession(timeout=timeout)
         return self
 
@@ -75,17 +106,25 @@ class ComfyAPI:
         await self.session.close()
 
     def unreachable(self, error) -> ServerUnavailable:
+        if isinstance(error, asyncio.TimeoutError):  # aiohttp's socket timeouts are TimeoutErrors too
+            return ServerUnavailable(f"ComfyUI at {self.base} did not answer within {self.reply_timeout:g} s "
+                                     "(hung or overloaded? --reply-timeout sets the limit)")
         reason = str(error) or type(error).__name__
         return ServerUnavailable(f"cannot reach ComfyUI at {self.base}: {reason}. Is it running (python main.py "
                                  f"--listen ...) and is --server right?")
 
     async def request(self, method: str, path: str, **kwargs) -> tuple[int, bytes]:
-        """(status, body) for any HTTP answer; connection problems raise ServerUnavailable."""
+        """(status, body) for any HTTP answer; connection problems and a server that does not answer
+        within reply_timeout raise ServerUnavailable."""
         try:
             async with self.session.request(method, self.base + path, **kwargs) as response:
                 return response.status, await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise self.unreachable(e) from None
+
+    async def probe(self) -> None:
+        """A cheap request that any ComfyUI answers at once (raises ServerUnavailable if it does not)."""
+        await self.get_json("/queue")
 
     async def get_json(self, path: str):
         status, body = await self.request("GET", path)
@@ -152,6 +191,12 @@ class ComfyAPI:
         except json.JSONDecodeError:
             reply = {}
         if status == 200 and isinstance(reply, dict) and "prompt_id" in reply:
+            if reply.get("node_errors"):  # queued without the outputs that failed validation: not what was asked
+                try:
+                    await self.cancel(reply["prompt_id"])
+                except ComfyError:
+                    pass  # the refusal is what matters; a server gone now is reported by the next request
+                raise PromptRefused(format_rejection(reply, graph, dropped=True))
             return reply["prompt_id"]
         if status == 400 and isinstance(reply, dict) and ("error" in reply or "node_errors" in reply):
             raise PromptRefused(format_rejection(reply, graph))
@@ -184,14 +229,25 @@ class ComfyAPI:
         await self.request("POST", "/interrupt", json={"prompt_id": prompt_id})
 
 
-def format_rejection(reply: dict, graph: dict) -> str:
-    error = reply.get("error") or {}
-    if isinstance(error, str):
-        error = {"message": error}
-    lines = [f"ComfyUI refused the prompt: {error.get('message', 'invalid prompt')}"
-             + (f": {error['details']}" if error.get("details") else "")]
-    for node_id, info in (reply.get("node_errors") or {}).items():
-        for e in info.get("errors", []):
+def format_rejection(reply: dict, graph: dict, dropped: bool = False) -> str:
+    """ComfyUI's refusal (HTTP 400) or, with `dropped`, the outputs it dropped from a queued prompt (HTTP
+    200 with node_errors), each node with its reasons."""
+    node_errors = reply.get("node_errors") if isinstance(reply.get("node_errors"), dict) else {}
+    if dropped:
+        outputs = sorted({str(o) for info in node_errors.values() if isinstance(info, dict)
+                          for o in info.get("dependent_outputs") or []} or set(node_errors))
+        lines = ["ComfyUI dropped output(s) of the prompt as invalid: "
+                 + ", ".join(graphs.describe(graph, o) for o in outputs)
+                 + " (the prompt was taken off the queue; fix the graph or the --set values)"]
+    else:
+        error = reply.get("error") or {}
+        if not isinstance(error, dict):
+            error = {"message": str(error)}
+        lines = [f"ComfyUI refused the prompt: {error.get('message', 'invalid prompt')}"
+                 + (f": {error['details']}" if error.get("details") else "")]
+    for node_id, info in node_errors.items():
+        for e in (info.get("errors") or [] if isinstance(info, dict) else []):
+            e = e if isinstance(e, dict) else {"message": str(e)}
             detail = f": {e['details']}" if e.get("details") else ""
             lines.append(f"  {graphs.describe(graph, node_id)}: {e.get('message', '')}{detail}")
     return "\n".join(lines)

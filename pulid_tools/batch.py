@@ -4,10 +4,15 @@
 Jobs are the prompts x the seeds (0..N-1). They are spread over the servers, at most --per-server in
 flight on each, so a faster server takes more. DIR/manifest.jsonl gets one record per finished job
 (key = hash of the filled graph; prompt, seed, server, seconds, files, similarity scores) as it ends;
-running the same command again runs only the jobs not yet done, so Ctrl-C and crashes lose nothing.
-A server that stops answering has its jobs moved to the others and is dropped after repeated failures;
-a graph ComfyUI refuses stops the batch at once; a job that fails (e.g. no face) is reported and the rest
-go on. Exit 0 when every job has its images, 1 otherwise, 2 for bad arguments, 130 when interrupted.
+running the same command again runs only the jobs not yet done (or whose images were deleted), so Ctrl-C
+and crashes lose nothing; a damaged manifest line is skipped with a warning (its job runs again).
+A server takes jobs once it answers (--reply-timeout bounds every request); one that is down, hung or
+stops answering is set aside, its jobs go to the others, and it is dropped after --retries failures in a
+row. A graph ComfyUI refuses, or whose outputs it drops as invalid, stops the batch at once with ComfyUI's
+reasons; a job that fails (e.g. no face) is reported and the rest go on. DIR must be writable (checked
+first); if it stops being writable the batch stops at once. Exit 0 when every job has its images,
+1 otherwise, 2 for bad arguments (including a malformed --server, a --set input the node lacks or an
+unwritable --out), 130 when interrupted.
 
 --prompts: a text file, one prompt per line, or JSONL with per-line fields: prompt, negative, seed (that
 line then gives one job with this seed), weight, face (photo path or list, instead of --face), set
@@ -16,17 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
 import time
 
 from . import graph as graphs
+from .api import REPLY_TIMEOUT_S, ServerURLError, parse_server
 from .batch_runner import BatchRunner, first_line
-from .client import DEFAULT_SERVER
+from .client import DEFAULT_SERVER, server_from_environment
 from .jobs import make_jobs
-from .manifest import Manifest
+from .manifest import REJECTED, Manifest, OutputError, check_output_folder, read_manifest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", dest="assignments",
                         help="any input, for every job (repeatable), e.g. --set KSampler.steps=28")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds one job may take on a server")
+    parser.add_argument("--reply-timeout", type=float, default=REPLY_TIMEOUT_S, metavar="S",
+                        help=f"seconds a server may take to connect or answer one request (default "
+                             f"{REPLY_TIMEOUT_S:g}); a server slower than that is set aside and tried again later")
     parser.add_argument("--retries", type=int, default=3, help="failures in a row before a server is dropped")
     parser.add_argument("--quiet", action="store_true", help="no progress bar: log lines only (for log files)")
 
@@ -114,22 +122,27 @@ def run(args) -> int:
             raise graphs.GraphError(f"file not found: {', '.join(missing)}")
         if args.seeds < 1 or args.per_server < 1 or (args.keep_best is not None and args.keep_best < 1):
             raise graphs.GraphError("--seeds, --per-server and --keep-best must be 1 or more")
+        if not (0 < args.reply_timeout < float("inf") and args.timeout > 0) or args.retries < 1:
+            raise graphs.GraphError("--timeout must be above 0, --reply-timeout a number of seconds above 0, --retries 1 or more")
+        servers = list(dict.fromkeys(parse_server(s) for s in args.server or [server_from_environment()]))
         jobs, duplicates = make_jobs(graph, args.prompts, args.seeds, args.face, args.identity, args.assignments)
-    except graphs.GraphError as e:
+        check_output_folder(args.out, *([REJECTED] if args.keep_best else []))
+        manifest = Manifest(args.out)
+    except (graphs.GraphError, ServerURLError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    manifest = Manifest(args.out)
     for warning in manifest.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     todo = [job for job in jobs if not manifest.is_done(job.key)]
-    servers = list(dict.fromkeys(args.server or [DEFAULT_SERVER]))
+    for key, names in manifest.missing.items():
+        print(f"warning: image missing: {', '.join(names)} (deleted?); its job runs again", file=sys.stderr)
     print(f"{len(jobs)} jobs ({len(jobs) - len(todo)} already done in {manifest.path}, {len(todo)} to run"
           + (f", {duplicates} duplicate(s) dropped" if duplicates else "") + f") on {len(servers)} server(s)",
           file=sys.stderr, flush=True)
     progress = Progress(len(todo), args.quiet)
     runner = BatchRunner(servers, todo, manifest, per_server=args.per_server, identity=args.identity,
-                         timeout=args.timeout, strikes_to_drop=args.retries, log=progress.log,
-                         on_change=progress.update)
+                         timeout=args.timeout, reply_timeout=args.reply_timeout, strikes_to_drop=args.retries,
+                         log=progress.log, on_change=progress.update)
     progress.runner = runner
     start = time.monotonic()
     try:
@@ -138,11 +151,15 @@ def run(args) -> int:
         progress.close()
         manifest.close()
     seconds = time.monotonic() - start
-    if args.keep_best:
-        kept, rejected, unscored = manifest.keep_best(args.keep_best)
-        print(f"keep-best {args.keep_best}: {kept} image(s) kept, {rejected} in {os.path.join(args.out, 'rejected')}"
-              + (f"; {unscored} without a score kept (no Face similarity node in the graph?)" if unscored else ""),
-              file=sys.stderr)
+    if args.keep_best and not result.fatal:
+        try:
+            kept, rejected, unscored = manifest.keep_best(args.keep_best)
+        except OutputError as e:
+            result.fatal = str(e)
+        else:
+            print(f"keep-best {args.keep_best}: {kept} image(s) kept, {rejected} in {os.path.join(args.out, REJECTED)}"
+                  + (f"; {unscored} without a score kept (no Face similarity node in the graph?)" if unscored else ""),
+                  file=sys.stderr)
     if result.refused:
         print(result.refused, file=sys.stderr)
         return 1
@@ -157,16 +174,9 @@ def run(args) -> int:
         print("interrupted: run the same command again to do the remaining jobs", file=sys.stderr)
         return 130
     missing = [job for job in jobs if not manifest.is_done(job.key)]
-    return 0 if not missing else 1
+    return 0 if not missing and not result.fatal else 1
 
 
 def summary(path: str) -> dict:
-    """{key: record} of the done jobs in a manifest (for scripts and tests)."""
-    done = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                if record.get("status") == "done":
-                    done[record["key"]] = record
-    return done
+    """{key: record} of the done jobs in a manifest (for scripts and tests; damaged lines are skipped)."""
+    return read_manifest(path)[0]

@@ -1,26 +1,31 @@
 """The async core of `pulid_tools batch`: jobs spread over ComfyUI servers, K in flight per server (a
 faster server takes more), faults handled, every finished job recorded in the manifest.
 
-- A server that cannot be reached, drops the connection or times out gets the job put back for the
-  others (a job is tried at most `max_attempts` times); it then waits (backoff doubling from
-  `backoff_s`) and is probed before it takes work again; after `strikes_to_drop` failures in a row it
-  is dropped with a log line.
+- A server takes work only after it answered a probe (before its first job and after each failure), each
+  request bounded by `reply_timeout`: a server that is down or hung (accepts, never answers) is set aside
+  at once while the others take the jobs, probed again after a backoff (doubling from `backoff_s`) and
+  dropped after `strikes_to_drop` failures in a row. A job whose server fails goes back to the queue for
+  the others (tried at most `max_attempts` times). The run ends when the work is done, without waiting
+  for a set-aside server.
 - A graph ComfyUI refuses (node_errors) stops the whole batch at once: it would fail everywhere.
 - An execution error (e.g. no face in a reference) fails that job with ComfyUI's message; the rest go on.
+- --out that cannot be written stops the batch at once with the OS's error (not the servers' fault); the
+  manifest only ever holds whole records of whole images, so a re-run does exactly the missing jobs.
 - stop() (Ctrl-C) cancels the jobs in flight, taking them off their servers' queues; nothing half-done
   is recorded, so running the same command again continues where this one stopped."""
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .api import ComfyAPI, ComfyError, PromptFailed, PromptRefused, ServerUnavailable, normalise_url
+from .api import REPLY_TIMEOUT_S, ComfyAPI, ComfyError, PromptFailed, PromptRefused, ServerUnavailable, parse_server
 from .jobs import Job, server_graph
-from .manifest import Manifest, output_images, scores_of
+from .manifest import Manifest, OutputError, output_images, scores_of
 from .websocket import run_prompt
 
 MAX_BACKOFF_S = 30.0
@@ -33,9 +38,12 @@ class Server:
     failed: int = 0
     strikes: int = 0
     dropped: bool = False
+    suspect: bool = True          # must answer a probe before it takes a job (at the start, after failures)
+    last_error: str | None = None
     image_names: dict = field(default_factory=dict)
     identity_name: str | None = None
     lock: asyncio.Lock | None = None
+    probe_lock: asyncio.Lock | None = None
 
     @property
     def label(self) -> str:
@@ -66,32 +74,43 @@ def _ignore(*_):
 
 class BatchRunner:
     def __init__(self, servers: list[str], jobs: list[Job], manifest: Manifest, *, per_server: int = 1,
-                 identity: str | None = None, timeout: float = 1200.0, request_timeout: float = 30.0,
+                 identity: str | None = None, timeout: float = 1200.0, reply_timeout: float = REPLY_TIMEOUT_S,
                  strikes_to_drop: int = 3, max_attempts: int = 4, backoff_s: float = 1.0,
                  log: Callable[[str], None] = _ignore, on_change: Callable[[], None] = _ignore):
-        self.servers = [Server(normalise_url(s)) for s in servers]
+        self.servers = [Server(parse_server(s)) for s in servers]
         self.pending = deque(jobs)
         self.manifest, self.per_server, self.identity = manifest, per_server, identity
-        self.timeout, self.request_timeout = timeout, request_timeout
+        self.timeout, self.reply_timeout = timeout, reply_timeout
         self.strikes_to_drop, self.max_attempts, self.backoff_s = strikes_to_drop, max_attempts, backoff_s
         self.log, self.on_change = log, on_change
         self.result = BatchResult()
         self.in_flight = 0
         self.stopping = False
         self._changed: asyncio.Event | None = None
+        self._all_done: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
 
     # --- control -------------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
-        self._changed = asyncio.Event()
+        self._changed, self._all_done = asyncio.Event(), asyncio.Event()
         for server in self.servers:
-            server.lock = asyncio.Lock()
+            server.lock, server.probe_lock = asyncio.Lock(), asyncio.Lock()
         self._tasks = [asyncio.create_task(self._worker(server)) for server in self.servers
                        for _ in range(self.per_server)]
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        workers = asyncio.gather(*self._tasks, return_exceptions=True)
+        all_done = asyncio.create_task(self._all_done.wait())
+        await asyncio.wait([workers, all_done], return_when=asyncio.FIRST_COMPLETED)
+        for task in self._tasks:  # only workers waiting on a set-aside server are left
+            task.cancel()
+        outcomes = await workers
+        all_done.cancel()
+        bugs = [o for o in outcomes if isinstance(o, Exception)]
+        if bugs and self.result.fatal is None:
+            self.result.fatal = f"internal error: {type(bugs[0]).__name__}: {bugs[0]}"
         self.result.unrun = len(self.pending)
-        if self.pending and not self.stopping:
-            self.result.fatal = "no server left to run the remaining jobs (see the log lines above)"
+        if self.pending and not self.stopping and self.result.fatal is None:
+            reasons = "; ".join(f"{s.label}: {s.last_error}" for s in self.servers)
+            self.result.fatal = f"no server left to run the remaining {len(self.pending)} job(s); {reasons}"
         return self.result
 
     def stop(self, interrupted: bool = True) -> None:
@@ -105,6 +124,8 @@ class BatchRunner:
 
     def _wake(self) -> None:
         self._changed.set()
+        if not self.pending and self.in_flight == 0:
+            self._all_done.set()
         self.on_change()
 
     async def _take(self, server: Server) -> Job | None:
@@ -120,14 +141,10 @@ class BatchRunner:
 
     # --- one worker: one of the K slots of a server ---------------------------------------------------
     async def _worker(self, server: Server) -> None:
-        async with ComfyAPI(server.url, self.request_timeout) as api:
+        async with ComfyAPI(server.url, self.reply_timeout) as api:
             ws = None
             try:
-                while True:
-                    if server.strikes and not await self._recovered(api, server):
-                        if server.dropped:
-                            return
-                        continue
+                while await self._ready(api, server):
                     job = await self._take(server)
                     if job is None:
                         return
@@ -141,19 +158,33 @@ class BatchRunner:
                 if ws is not None and not ws.closed:
                     await asyncio.shield(ws.close())
 
-    async def _recovered(self, api: ComfyAPI, server: Server) -> bool:
-        await asyncio.sleep(min(MAX_BACKOFF_S, self.backoff_s * 2 ** (server.strikes - 1)))
-        if server.dropped:
-            return False
-        try:
-            await api.get_json("/queue")
-            return True
-        except ComfyError as e:
-            self._strike(server, e)
-            return False
+    async def _ready(self, api: ComfyAPI, server: Server) -> bool:
+        """Whether `server` may take a job. A suspect server (not yet heard from, or failed) must answer a
+        probe first, one probe at a time per server, after a backoff once it has failed; its jobs stay in
+        the queue for the others meanwhile."""
+        while server.suspect and not (server.dropped or self.stopping):
+            async with server.probe_lock:
+                if not server.suspect or server.dropped:
+                    break
+                if server.strikes:
+                    await asyncio.sleep(self._backoff(server))
+                try:
+                    await api.probe()
+                    server.suspect = False
+                except ComfyError as e:
+                    self._strike(server, e)
+                    if not server.dropped:
+                        self.log(f"{server.label}: {first_line(e)}; set aside, tried again in "
+                                 f"{self._backoff(server):g} s")
+        return not (server.dropped or self.stopping)
+
+    def _backoff(self, server: Server) -> float:
+        return min(MAX_BACKOFF_S, self.backoff_s * 2 ** max(0, server.strikes - 1))
 
     def _strike(self, server: Server, error) -> None:
         server.strikes += 1
+        server.suspect = True
+        server.last_error = first_line(error)
         if server.strikes >= self.strikes_to_drop and not server.dropped:
             server.dropped = True
             self.log(f"{server.label}: dropped after {server.strikes} failures in a row "
@@ -197,6 +228,16 @@ class BatchRunner:
             graph = server_graph(job, names, server.identity_name)
             entry = await run_prompt(api, graph, self.timeout, ws=ws, on_queued=queued)
             files = await self._save(api, job, entry)
+            entry_scores = scores_of(entry)
+            self.manifest.append({
+                "key": job.key, "status": "done", "job": job.number, "prompt_no": job.prompt_no,
+                "prompt": job.prompt, "seed": job.seed, "fields": job.fields, "server": server.url,
+                "prompt_id": prompt_id, "seconds": round(time.monotonic() - start, 3), "files": files,
+                "scores": entry_scores, "score": max(entry_scores) if entry_scores else None,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        except OutputError as e:
+            self._output_failed(e)
+            return ws
         except asyncio.CancelledError:
             if prompt_id is not None:
                 try:
@@ -226,19 +267,22 @@ class BatchRunner:
         server.strikes = 0
         server.done += 1
         self.result.done += 1
-        entry_scores = scores_of(entry)
-        self.manifest.append({
-            "key": job.key, "status": "done", "job": job.number, "prompt_no": job.prompt_no, "prompt": job.prompt,
-            "seed": job.seed, "fields": job.fields, "server": server.url, "prompt_id": prompt_id,
-            "seconds": round(time.monotonic() - start, 3), "files": files, "scores": entry_scores,
-            "score": max(entry_scores) if entry_scores else None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return ws
+
+    def _output_failed(self, error: OutputError) -> None:
+        """--out stopped being writable: stop everything (every job would fail the same way)."""
+        if self.result.fatal is None:
+            self.result.fatal = (f"{error}; stopped at once (not the servers' fault). The manifest holds every "
+                                 "job finished so far: make the folder writable and run the same command again "
+                                 "to do the rest")
+        self.stop(interrupted=False)
 
     async def _save(self, api: ComfyAPI, job: Job, entry: dict) -> list[str]:
         images = output_images(entry)
         files = []
         for i, image in enumerate(images):
-            ext = os.path.splitext(image.get("filename", ""))[1] or ".png"
+            ext = os.path.splitext(str(image.get("filename", "")))[1]
+            ext = ext if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", ext) else ".png"  # the manifest takes plain names only
             name = f"{job.stem()}{'_' + str(i) if len(images) > 1 else ''}{ext}"
             files.append(self.manifest.write_image(name, await api.view(image)))
         if not files:
@@ -261,7 +305,11 @@ class BatchRunner:
         server.failed += 1
         self.result.failed.append((job, message))
         self.log(f"job {job.number} ({job.stem()}) failed on {server.label}:\n{message}")
-        self.manifest.append({"key": job.key, "status": "failed", "job": job.number, "prompt_no": job.prompt_no,
-                              "prompt": job.prompt, "seed": job.seed, "fields": job.fields, "server": server.url,
-                              "prompt_id": prompt_id, "seconds": round(seconds, 3), "error": message,
-                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        try:
+            self.manifest.append({"key": job.key, "status": "failed", "job": job.number,
+                                  "prompt_no": job.prompt_no, "prompt": job.prompt, "seed": job.seed,
+                                  "fields": job.fields, "server": server.url, "prompt_id": prompt_id,
+                                  "seconds": round(seconds, 3), "error": message,
+                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        except OutputError as e:
+            self._output_failed(e)

@@ -3,7 +3,10 @@
 Uploads the reference photos (or an identity file), fills prompt/seed/weight (where they go: below), queues
 the prompt, follows the progress on ComfyUI's websocket (or polls /history if the websocket is unavailable),
 downloads the images and exits 0; exits 1 with ComfyUI's own error message when the prompt is refused
-(HTTP 400, node_errors) or fails while running (execution_error). Needs aiohttp (every ComfyUI has it)."""
+(HTTP 400, node_errors), when ComfyUI drops an output as invalid (HTTP 200 with node_errors: the prompt is
+taken off the queue), when it fails while running (execution_error), or when the server cannot be reached
+or does not answer within --reply-timeout; exits 2 for bad arguments (a malformed --server, a --set input
+the node lacks, an --out folder that cannot be created or written). Needs aiohttp (every ComfyUI has it)."""
 from __future__ import annotations
 
 import argparse
@@ -14,10 +17,20 @@ import sys
 import time
 
 from . import graph as graphs
-from .api import ComfyAPI, ComfyError
+from .api import REPLY_TIMEOUT_S, ComfyAPI, ComfyError, ServerURLError, parse_server
+from .manifest import OutputError, check_output_folder, os_reason
 from .websocket import run_prompt
 
 DEFAULT_SERVER = os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188")
+
+
+def server_from_environment() -> str:
+    """$COMFYUI_URL (read now, not at import) or ComfyUI's default address; raises ServerURLError."""
+    value = os.environ.get("COMFYUI_URL") or "http://127.0.0.1:8188"
+    try:
+        return parse_server(value)
+    except ServerURLError as e:
+        raise ServerURLError(f"$COMFYUI_URL: {e}") from None
 
 
 class Reporter:
@@ -63,8 +76,7 @@ class Reporter:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("graph", help="API-format graph (JSON), e.g. examples/api/pulid_flux_basic.json")
-    parser.add_argument("--server", default=DEFAULT_SERVER, help=f"ComfyUI address (default {DEFAULT_SERVER}, "
-                                                                 "or $COMFYUI_URL)")
+    parser.add_argument("--server", help=f"ComfyUI address (default {DEFAULT_SERVER}, or $COMFYUI_URL)")
     parser.add_argument("--face", action="append", default=[], metavar="IMAGE",
                         help="reference photo, uploaded into the LoadImage nodes in node id order (repeatable)")
     parser.add_argument("--identity", metavar="FILE", help="identity file (.safetensors from Save identity or "
@@ -78,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="any input; NODE = id, title or class name (repeatable), e.g. --set KSampler.steps=28")
     parser.add_argument("--out", default="pulid_outputs", help="folder for the images (previews go to OUT/previews)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="give up after this many seconds")
+    parser.add_argument("--reply-timeout", type=float, default=REPLY_TIMEOUT_S, metavar="S",
+                        help=f"seconds the server may take to connect or answer one request (default "
+                             f"{REPLY_TIMEOUT_S:g}): a hung server is reported after that")
     parser.add_argument("--dry-run", action="store_true", help="print the filled graph and exit; contacts nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress, only the saved files and errors")
     parser.add_argument("--verbose", action="store_true", help="also print the server's traceback on errors")
@@ -108,7 +123,7 @@ def unique_path(folder: str, filename: str) -> str:
 
 async def queue_graph(args, graph: dict) -> list[str]:
     """Upload, fill, run and download; returns the saved paths (raises ComfyError)."""
-    async with ComfyAPI(args.server) as api:
+    async with ComfyAPI(args.server, args.reply_timeout) as api:
         reporter = Reporter(graph, quiet=args.quiet)
         fill(graph, args, [await api.upload_image(p) for p in args.face])
         if args.identity:
@@ -121,17 +136,24 @@ async def queue_graph(args, graph: dict) -> list[str]:
             for image in output.get("images", []):
                 folder = args.out if image.get("type") == "output" else os.path.join(args.out, "previews")
                 data = await api.view(image)
-                os.makedirs(folder, exist_ok=True)
-                path = unique_path(folder, image["filename"])
-                with open(path, "wb") as f:
-                    f.write(data)
+                try:
+                    os.makedirs(folder, exist_ok=True)
+                    path = unique_path(folder, os.path.basename(str(image.get("filename")) or "image.png"))
+                    with open(path, "wb") as f:
+                        f.write(data)
+                except OSError as e:
+                    raise OutputError(f"cannot write {e.filename or folder}: {os_reason(e)}") from None
                 saved.append(path)
         reporter.line(f"done in {time.monotonic() - start:.1f} s")
         return saved
 
 
 def run(args) -> int:
+    created = []
     try:
+        if not (0 < args.reply_timeout < float("inf") and args.timeout > 0):
+            raise graphs.GraphError("--timeout must be above 0 and --reply-timeout a number of seconds above 0")
+        args.server = parse_server(args.server) if args.server is not None else server_from_environment()
         graph = graphs.load_graph(args.graph)
         missing = [p for p in args.face + ([args.identity] if args.identity else []) if not os.path.isfile(p)]
         if missing:
@@ -145,6 +167,12 @@ def run(args) -> int:
             print(json.dumps(graph, indent=2))
             return 0
         fill(graph, args, [])  # refuse bad overrides before touching the server
+        created = check_output_folder(args.out)
+    except (graphs.GraphError, ServerURLError, OutputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    saved = []
+    try:
         saved = asyncio.run(queue_graph(args, graph))
         for path in saved:
             print(path)
@@ -152,9 +180,16 @@ def run(args) -> int:
             print("the prompt ran but produced no images (no SaveImage/PreviewImage node?)", file=sys.stderr)
             return 1
         return 0
-    except graphs.GraphError as e:
+    except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     except ComfyError as e:
         print(str(e), file=sys.stderr)
         return 1
+    finally:
+        if not saved:  # leave no empty folder behind
+            for folder in reversed(created):
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break

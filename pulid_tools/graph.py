@@ -9,9 +9,11 @@ Rules, so a graph says where things go without extra files:
 - weight: the `weight` input of every ApplyPulidFlux / PulidFluxApplyIdentity node.
 - images: LoadImage nodes in ascending node id order, one uploaded file each.
 - identity: the `identity_file` input of every PulidFluxLoadIdentity node (the name the upload route gave).
-- `--set NODE.INPUT=VALUE`: any input; NODE is a node id, a title or a class name (all of its kind)."""
+- `--set NODE.INPUT=VALUE`: any input the node has (a name it lacks is an error listing its inputs); NODE is a
+  node id, a title or a class name (all of its kind); VALUE is JSON when it parses (28, 3.5, true), else text."""
 from __future__ import annotations
 
+import difflib
 import json
 
 PULID_APPLY = "ApplyPulidFlux"
@@ -36,8 +38,8 @@ def load_graph(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             graph = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise GraphError(f"cannot read {path}: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:  # also not UTF-8, a number past int's digit limit
+        raise GraphError(f"cannot read {path}: {str(e)[:300]}") from None
     return check_api_format(graph, path)
 
 
@@ -133,12 +135,13 @@ def parse_assignment(text: str) -> tuple[str, str, object]:
                          "--set KSampler.cfg=3.5")
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a number past int's digit limit, nesting past the stack
         value = raw
     return node, name, value
 
 
 def set_input(graph: dict, node: str, name: str, value) -> list[str]:
+    """Set an input that the node has (a typo is an error listing the nodes or the node's inputs)."""
     if node in graph:
         targets = [node]
     else:
@@ -147,6 +150,13 @@ def set_input(graph: dict, node: str, name: str, value) -> list[str]:
     if not targets:
         known = ", ".join(f"{k} ({title(graph[k])})" for k in _by_id_order(graph))
         raise GraphError(f"--set: no node '{node}' (by id, title or class). Nodes: {known}")
+    for k in targets:
+        inputs = graph[k]["inputs"]
+        if name not in inputs:
+            close = difflib.get_close_matches(name, list(inputs), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise GraphError(f"--set {node}.{name}: {describe(graph, k)} has no input '{name}'{hint}. "
+                             f"Its inputs: {', '.join(inputs) or 'none'}")
     for k in targets:
         graph[k]["inputs"][name] = value
     return targets

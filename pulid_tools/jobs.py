@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -42,6 +43,8 @@ def read_prompts(path: str) -> list[tuple[int, dict]]:
             lines = [(n, line.strip()) for n, line in enumerate(f, 1)]
     except OSError as e:
         raise graphs.GraphError(f"cannot read --prompts {path}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise graphs.GraphError(f"--prompts {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
     jsonl = path.endswith(".jsonl") or (lines and all(line.startswith("{") for _, line in lines))
     entries = []
@@ -51,18 +54,49 @@ def read_prompts(path: str) -> list[tuple[int, dict]]:
             continue
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise graphs.GraphError(f"{path}:{n}: not a JSON object ({e})") from e
+        except (ValueError, RecursionError) as e:  # also a number past int's digit limit, nesting too deep
+            raise graphs.GraphError(f"{path}:{n}: not a JSON object ({str(e)[:200]})") from None
         if not isinstance(entry, dict):
             raise graphs.GraphError(f"{path}:{n}: expected a JSON object such as {{\"prompt\": \"...\"}}")
         unknown = [k for k in entry if k not in JOB_FIELDS and "." not in k]
         if unknown:
             raise graphs.GraphError(f"{path}:{n}: unknown field(s) {', '.join(unknown)}; use "
                                     f"{', '.join(JOB_FIELDS)} or NODE.INPUT keys (like --set)")
+        problem = field_problem(entry)
+        if problem:
+            raise graphs.GraphError(f"{path}:{n}: {problem}")
         entries.append((n, entry))
     if not entries:
         raise graphs.GraphError(f"--prompts {path} holds no prompt")
     return entries
+
+
+MAX_SEED = 2 ** 64 - 1  # ComfyUI's seed inputs
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def field_problem(entry: dict) -> str | None:
+    """What is wrong with the types of a JSONL line's fields (None: nothing)."""
+    for name in ("prompt", "negative"):
+        if entry.get(name) is not None and not isinstance(entry[name], str):
+            return f'"{name}" must be text'
+    seed = entry.get("seed")
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        return f'"seed" must be a whole number from 0 to {MAX_SEED}'
+    if entry.get("weight") is not None and not _is_number(entry["weight"]):
+        return '"weight" must be a number'
+    face = entry.get("face")
+    if face is not None and not (isinstance(face, str) or (isinstance(face, list) and face
+                                                           and all(isinstance(p, str) for p in face))):
+        return '"face" must be a photo path or a list of them'
+    sets = entry.get("set")
+    if sets is not None and not (isinstance(sets, dict) and all(
+            node and name for node, _, name in (k.rpartition(".") for k in sets))):
+        return '"set" must be an object of "NODE.INPUT": value'
+    return None
 
 
 def _faces_of(entry: dict, default: tuple, where: str) -> tuple:
@@ -85,6 +119,9 @@ def make_jobs(base: dict, prompts_path: str, seeds: int, faces: list[str], ident
     """(jobs, duplicates dropped). Lines without a seed give `seeds` jobs (seeds 0..N-1); a JSONL line
     with "seed" gives one job. Per line, "face" replaces --face for that line's jobs."""
     overrides = [graphs.parse_assignment(a) for a in assignments]
+    checked = copy.deepcopy(base)
+    for node, name, value in overrides:  # a --set typo is reported once, not against a prompts line
+        graphs.set_input(checked, node, name, value)
     digests: dict = {}
     jobs, seen, duplicates = [], set(), 0
     has_seed = bool(graphs_seed_nodes(base))

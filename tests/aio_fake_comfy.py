@@ -3,8 +3,10 @@
 states them (GET/POST /pulid_flux/identities). Each prompt "runs" for `run_s` seconds and produces one
 image whose bytes and Face similarity score are derived from its graph."""
 import asyncio
+import contextlib
 import hashlib
 import json
+import socket
 import struct
 import threading
 import uuid
@@ -31,9 +33,29 @@ def identity_bytes(tag: str = "a") -> bytes:
     return struct.pack("<Q", len(header)) + header
 
 
+# What ComfyUI answers (HTTP 200) when some outputs fail validation: the prompt runs without them.
+DROPPED_SAVE_IMAGE = {"15": {"errors": [{"type": "return_type_mismatch",
+                                         "message": "Return type mismatch between linked nodes",
+                                         "details": "images, received_type(VAE) mismatch input_type(IMAGE)"}],
+                             "dependent_outputs": ["15"], "class_type": "SaveImage"}}
+
+
+@contextlib.contextmanager
+def hung_server():
+    """An address that accepts connections (the kernel completes them) and never answers a byte."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
 class FakeComfy:
-    def __init__(self, run_s: float = 0.05, identities: bool = True):
+    """`dropped`: node_errors answered with HTTP 200 (those outputs are then missing from /history);
+    `on_prompt(n)`: called (on the server's thread) with the number of each accepted prompt."""
+
+    def __init__(self, run_s: float = 0.05, identities: bool = True, dropped: dict | None = None, on_prompt=None):
         self.run_s, self.identities_enabled = run_s, identities
+        self.dropped, self.on_prompt, self.deleted = dropped or {}, on_prompt, []
         self.prompts, self.identities, self.uploads = [], {}, []
         self.history, self.sockets = {}, {}
         self.loop = asyncio.new_event_loop()
@@ -45,7 +67,7 @@ class FakeComfy:
         app = web.Application(client_max_size=MAX_IDENTITY + 1024 * 1024)
         app.add_routes([web.post("/prompt", self.post_prompt), web.get("/ws", self.ws),
                         web.get("/history/{id}", self.get_history), web.get("/view", self.view),
-                        web.post("/upload/image", self.upload_image), web.post("/queue", self.ok),
+                        web.post("/upload/image", self.upload_image), web.post("/queue", self.post_queue),
                         web.post("/interrupt", self.ok), web.get("/queue", self.ok)])
         if self.identities_enabled:
             app.add_routes([web.get("/pulid_flux/identities", self.list_identities),
@@ -57,6 +79,10 @@ class FakeComfy:
         return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
 
     async def ok(self, request):
+        return web.json_response({})
+
+    async def post_queue(self, request):
+        self.deleted += (await request.json()).get("delete", [])
         return web.json_response({})
 
     async def upload_image(self, request):
@@ -97,16 +123,19 @@ class FakeComfy:
                                                                            "details": "weight"}]}}}, status=400)
         prompt_id = uuid.uuid4().hex
         self.prompts.append((prompt_id, graph))
+        if self.on_prompt is not None:
+            self.on_prompt(len(self.prompts))
         asyncio.ensure_future(self._execute(prompt_id, graph, client_id))
-        return web.json_response({"prompt_id": prompt_id, "number": len(self.prompts), "node_errors": {}})
+        return web.json_response({"prompt_id": prompt_id, "number": len(self.prompts), "node_errors": self.dropped})
 
     async def _execute(self, prompt_id, graph, client_id):
         await asyncio.sleep(self.run_s)
         digest = hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).digest()
         score = digest[0] / 255.0
+        outputs = {"15": {"images": [{"filename": f"{prompt_id}.png", "subfolder": "", "type": "output"}]},
+                   "20": {"pulid_similarity": [score], "text": [f"{score:.3f}"]}}
         self.history[prompt_id] = {
-            "outputs": {"15": {"images": [{"filename": f"{prompt_id}.png", "subfolder": "", "type": "output"}]},
-                        "20": {"pulid_similarity": [score], "text": [f"{score:.3f}"]}},
+            "outputs": {k: v for k, v in outputs.items() if k not in self.dropped},
             "status": {"status_str": "success", "completed": True, "messages": []}}
         ws = self.sockets.get(client_id)
         if ws is not None and not ws.closed:

@@ -159,8 +159,22 @@ def test_an_unreachable_server_is_dropped_and_the_others_do_the_work(tmp_path, f
     finally:
         server.close()
     err = capsys.readouterr().err
-    assert f"{dead}: dropped after 3 failures in a row (last: cannot reach ComfyUI at http://{dead}" in err
+    assert f"{dead}: cannot reach ComfyUI at http://{dead}" in err and "set aside, tried again in 1 s" in err
     assert len(summary(str(tmp_path / "out" / "manifest.jsonl"))) == 6 and len(server.prompts) == 6
+
+
+def test_when_every_server_is_dropped_the_reasons_are_in_the_last_line(tmp_path, face, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    prompts = write(tmp_path / "p.txt", "a knight\n")
+    assert main(["batch", BASIC, "--face", face, "--prompts", prompts, "--seeds", "2", "--out",
+                 str(tmp_path / "out"), "--server", dead, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"{dead}: dropped after 3 failures in a row (last: cannot reach ComfyUI at http://{dead}" in err
+    assert f"error: no server left to run the remaining 2 job(s); {dead}: cannot reach ComfyUI" in err
 
 
 def test_a_refused_graph_stops_the_batch_with_comfyuis_message(fake, tmp_path, face, capsys):
@@ -182,7 +196,8 @@ def test_a_manifest_cut_short_by_a_crash_keeps_every_whole_record(tmp_path):
                                              + '{"key": "' + "c" * 32 + '", "status": "do')
     manifest = Manifest(str(tmp_path))
     assert list(manifest.done) == ["a" * 32] and not manifest.is_done("b" * 32)  # failed jobs run again
-    assert manifest.warnings == [f"{tmp_path / 'manifest.jsonl'}:3: unreadable record skipped (its job runs again)"]
+    assert manifest.warnings == [f"{tmp_path / 'manifest.jsonl'}:3: damaged record skipped (not a whole JSON record "
+                                 "(cut short by a crash?)); its job runs again"]
     manifest.append(dict(whole, key="d" * 32))
     manifest.close()
     lines = (tmp_path / "manifest.jsonl").read_text().splitlines()

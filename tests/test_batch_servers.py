@@ -179,6 +179,24 @@ def test_a_refused_graph_stops_at_once_with_comfyuis_message(servers, files, tmp
     assert summary(str(tmp_path / "out" / "manifest.jsonl")) == {}
 
 
+def test_an_output_comfyui_drops_as_invalid_fails_queue_and_batch_with_its_reason(servers, files, tmp_path):
+    """SaveImage fed a VAE: ComfyUI answers 200 with node_errors and would run the similarity node alone."""
+    drop = ["--set", '15.images=["3", 0]']
+    expected = ["ComfyUI dropped output(s) of the prompt as invalid: Save Image [SaveImage] (node 15)",
+                "Save Image [SaveImage] (node 15): Return type mismatch between linked nodes"]
+    prompts = prompts_file(tmp_path, "p.txt", ["a knight", "a chef"])
+    result, seconds = run_batch(servers[:1], files, prompts, tmp_path / "out", "--seeds", "2", *drop)
+    assert result.returncode == 1 and seconds < 60, result.stderr
+    assert all(text in result.stderr for text in expected), result.stderr
+    assert summary(str(tmp_path / "out" / "manifest.jsonl")) == {}
+    queue = subprocess.run([sys.executable, "-m", "pulid_tools", "queue", str(files / "graph.json"), "--server",
+                            servers[0].url, "--face", str(files / "astronaut.png"), "--out", str(tmp_path / "q"),
+                            "--quiet", *TINY, *drop], cwd=H.REPO_ROOT, capture_output=True, text=True,
+                           timeout=RUN_TIMEOUT_S)
+    assert queue.returncode == 1 and all(text in queue.stderr for text in expected), queue.stderr
+    assert queue.stdout == "" and not (tmp_path / "q").exists()
+
+
 def queues_idle(servers):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -226,7 +244,8 @@ def test_a_server_killed_mid_batch_loses_and_repeats_nothing(servers, files, tmp
     finally:
         process.kill()
     assert process.returncode == 0, err
-    assert f"{victim.url.split('://')[1]}: dropped after 3 failures in a row" in err
+    label = victim.url.split("://")[1]  # dropped, or only set aside if the others finished first
+    assert f"{label}: dropped after 3 failures in a row" in err or f"{label}: cannot reach ComfyUI" in err, err
     done = [r for r in records(out) if r["status"] == "done"]
     assert len(done) == 12 and len({r["key"] for r in done}) == 12  # all complete, none twice
     assert images_in(out) == sorted(f for r in done for f in r["files"])  # manifest and files agree

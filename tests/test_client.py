@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from aio_fake_comfy import DROPPED_SAVE_IMAGE
 from pulid_tools import graph as graphs
 from pulid_tools.__main__ import main
 
@@ -96,10 +97,11 @@ class ws:
 
 
 class FakeComfy:
-    """Answers like ComfyUI for one prompt. `mode`: ok, invalid, error, no_ws, never_done."""
+    """Answers like ComfyUI for one prompt. `mode`: ok, invalid, error, no_ws, never_done, dropped (HTTP 200
+    with node_errors: SaveImage dropped as invalid, the prompt runs with the face preview only)."""
 
     def __init__(self, mode="ok"):
-        self.mode, self.uploads, self.prompts = mode, [], []
+        self.mode, self.uploads, self.prompts, self.deleted = mode, [], [], []
         self.queued = threading.Event()
         fake = self
 
@@ -132,7 +134,13 @@ class FakeComfy:
                                                               "details": "weight"}],
                                                   "class_type": "ApplyPulidFlux"}}})
                     fake.queued.set()
-                    return self.reply(200, {"prompt_id": PROMPT_ID, "number": 0, "node_errors": {}})
+                    dropped = DROPPED_SAVE_IMAGE if fake.mode == "dropped" else {}
+                    return self.reply(200, {"prompt_id": PROMPT_ID, "number": 0, "node_errors": dropped})
+                if self.path == "/queue":
+                    fake.deleted += json.loads(body).get("delete", [])
+                    return self.reply(200, {})
+                if self.path == "/interrupt":
+                    return self.reply(200, {})
                 self.reply(404, {})
 
             def do_GET(self):
@@ -194,9 +202,11 @@ class FakeComfy:
         if self.mode == "error":
             return {"outputs": {}, "status": {"status_str": "error", "completed": False,
                                               "messages": [["execution_error", self.error()]]}}
-        return {"outputs": {"15": {"images": [{"filename": "PuLID-Flux_00001_.png", "subfolder": "",
-                                               "type": "output"}]},
-                            "16": {"images": [{"filename": "ComfyUI_temp_1.png", "subfolder": "", "type": "temp"}]}},
+        outputs = {"15": {"images": [{"filename": "PuLID-Flux_00001_.png", "subfolder": "", "type": "output"}]},
+                   "16": {"images": [{"filename": "ComfyUI_temp_1.png", "subfolder": "", "type": "temp"}]}}
+        if self.mode == "dropped":
+            del outputs["15"]
+        return {"outputs": outputs,
                 "status": {"status_str": "success", "completed": True, "messages": []}}
 
     def close(self):
@@ -274,3 +284,12 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path, capsys):
     face.write_bytes(PNG)
     assert main(["queue", BASIC, "--server", f"127.0.0.1:{port}", "--face", str(face)]) == 1
     assert f"cannot reach ComfyUI at http://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("comfy", ["dropped"], indirect=True)
+def test_a_dropped_output_is_a_failure_naming_the_node_and_the_reason(comfy, tmp_path, capsys):
+    assert queue(comfy, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "ComfyUI dropped output(s) of the prompt as invalid: Save Image [SaveImage] (node 15)" in err
+    assert "Save Image [SaveImage] (node 15): Return type mismatch between linked nodes" in err
+    assert comfy.deleted == [PROMPT_ID] and not (tmp_path / "out").exists()
