@@ -23,6 +23,7 @@ from .encoders.eva import EVA_DOWNLOAD_HINT
 from .encoders.faces import ANTELOPEV2_DOWNLOAD_HINT, Antelopev2Misplaced
 from .encoders.parsing import PARSER_DOWNLOAD_HINT, PARSER_FILE
 from .pulid_flux import PulidFlux, encode_id, fuse_id_tokens, load_pulid_flux
+from .pulid_flux.inputs import check_images
 
 log = logging.getLogger("PuLID-Flux")
 PT_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
@@ -141,39 +142,65 @@ class EvaModel:
 
     @classmethod
     def load(cls, choice: str = "auto") -> "EvaModel":
-        """The chosen file, or with 'auto' the first candidate that loads (a broken one is skipped, with a log)."""
-        paths = find_eva_files(choice)
-        for i, path in enumerate(paths):
+        """The chosen file, or with 'auto' the first candidate that loads: a broken one (damaged, a link to nothing)
+        is skipped with a warning, and only when none loads is it an error (saying why for each)."""
+        failures = []
+        for name, path in find_eva_files(choice):
             try:
+                if path is None:
+                    raise EncoderModelError(_missing_eva_problem(name))
                 module = load_eva_clip(path, "cpu", torch.float32)
-            except EncoderModelError as e:
-                if i == len(paths) - 1:
-                    raise
-                log.warning("PuLID-Flux: skipping EVA-CLIP candidate %s: %s", path, str(e).splitlines()[0])
+            except (EncoderModelError, OSError) as e:
+                failures.append((name, e))
+                if choice == "auto":
+                    log.warning("PuLID-Flux: skipping EVA-CLIP candidate %s: %s", name, str(e).splitlines()[0])
                 continue
             return cls(path, managed(module, compute_dtype(mm.get_torch_device()), mm.text_encoder_offload_device()))
+        if len(failures) == 1:
+            raise failures[0][1]
+        reasons = "".join(f"\n  - {name}: {str(e).splitlines()[0]}" for name, e in failures)
+        raise EncoderModelError(f"None of the {len(failures)} EVA-CLIP files loads:{reasons}\n  {EVA_DOWNLOAD_HINT}")
+
+
+# ComfyUI's home for the EVA-CLIP image tower is models/clip_vision. models/pulid and models/clip (text_encoders,
+# where older instructions put it and where it clutters every text-encoder list) are still searched, in this order.
+EVA_FOLDERS = ("clip_vision", "pulid", "text_encoders")
 
 
 def eva_candidates() -> list[str]:
+    """'folder/file name' of every file in the EVA folders whose name looks like EVA-CLIP, in EVA_FOLDERS order."""
     names = []
-    for folder in ("pulid", "clip_vision", "text_encoders"):
+    for folder in EVA_FOLDERS:
         if folder in folder_paths.folder_names_and_paths:
             names += [f"{folder}/{n}" for n in folder_paths.get_filename_list(folder)
                       if any(h in n.lower().replace("\\", "/").rsplit("/", 1)[-1] for h in EVA_NAME_HINTS)]
     return names
 
 
-def find_eva_files(choice: str = "auto") -> list[str]:
+def find_eva_files(choice: str = "auto") -> list[tuple[str, str | None]]:
+    """(candidate, full path) for the choice, or for every candidate with 'auto'. The path is None when the name
+    is listed but no file is there (a symbolic link to a missing file)."""
     candidates = eva_candidates()
     if choice != "auto":
         if choice not in candidates:
             raise FileNotFoundError(f"EVA-CLIP file '{choice}' is no longer in the model folders. {EVA_DOWNLOAD_HINT}")
         candidates = [choice]
     if not candidates:
-        looked = ", ".join(_folders("text_encoders") + _folders("clip_vision") + _folders("pulid"))
+        looked = ", ".join(f for name in EVA_FOLDERS for f in _folders(name))
         raise FileNotFoundError(f"No EVA02-CLIP file found (looked for names containing 'eva02' or 'eva_clip' in "
-                                f"{looked}). {EVA_DOWNLOAD_HINT} Put it in models/clip/.")
-    return [folder_paths.get_full_path(*c.split("/", 1)) for c in candidates]
+                                f"{looked}). {EVA_DOWNLOAD_HINT}")
+    return [(c, folder_paths.get_full_path(*c.split("/", 1))) for c in candidates]
+
+
+def _missing_eva_problem(candidate: str) -> str:
+    """Why a listed EVA candidate has no file: most often a symbolic link whose target is gone."""
+    folder, name = candidate.split("/", 1)
+    for root in _folders(folder):
+        path = os.path.join(root, name)
+        if os.path.islink(path) and not os.path.exists(path):
+            return (f"{name}: a symbolic link to a file that does not exist ({os.readlink(path)}).\n  file: {path}\n"
+                    f"  Fix: restore the file it points to, or replace the link with the EVA-CLIP file itself.")
+    return f"{name}: the file is no longer in the {folder} folders ({', '.join(_folders(folder))})."
 
 
 @dataclass(eq=False)
@@ -271,7 +298,9 @@ def _image_key(image: torch.Tensor) -> str:
 
 def embed_references(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel, image: torch.Tensor,
                      fusion: str, face_order: str, face_index: int, use_gray: bool) -> Embedding:
-    """ID tokens for the reference images; cached, so changing only weight/start/end costs nothing."""
+    """ID tokens for the reference images; cached, so changing only weight/start/end costs nothing. Raises
+    InputError for an unusable IMAGE (EmptyBatchError for no image at all), NoFaceError when no image has a face."""
+    check_images(image, "image")
     key = (id(pulid), id(eva), id(faces), _image_key(image), fusion, face_order, face_index, use_gray)
     if key in _cache:
         _cache.move_to_end(key)

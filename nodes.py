@@ -10,6 +10,7 @@ from . import comfy_support as support
 from . import identity_support as ids
 from .encoders import FACE_ORDERS
 from .pulid_flux import FUSION_MODES
+from .pulid_flux.inputs import EmptyBatchError, check_mask
 from .pulid_flux.patch import UNCOND_MODES
 
 log = logging.getLogger("PuLID-Flux")
@@ -54,7 +55,8 @@ class PulidFluxEvaClipLoader:
     def INPUT_TYPES(cls):
         return {"required": {}, "optional": {"eva_file": (["auto"] + support.eva_candidates(), {
             "default": "auto", "tooltip": "EVA02-CLIP-L-14-336 (EVA02_CLIP_L_336_psz14_s6B.pt or the open_clip "
-                                          "safetensors) in models/clip, models/clip_vision or models/pulid."})}}
+                                          "safetensors) in models/clip_vision (also models/pulid, models/clip). "
+                                          "auto: the first that loads, in that order."})}}
 
     RETURN_TYPES = ("EVA_CLIP",)
     FUNCTION = "load_eva_clip"
@@ -111,13 +113,15 @@ class ApplyPulidFlux:
                          attn_mask=None, fusion="mean", face_order="largest", face_index=0, use_gray=True,
                          uncond="same", on_no_face="error"):
         ids.check_model(model, pulid_flux, weight, start_at, end_at)
+        attn_mask = check_mask(attn_mask, "attn_mask")
         try:
             emb = ids.embed_references(pulid_flux, eva_clip, face_analysis, image, fusion, face_order, face_index,
                                        use_gray)
-        except support.NoFaceError as e:
+        except (support.NoFaceError, EmptyBatchError) as e:  # no photo with a face: what on_no_face is for
             if on_no_face == "error":
                 raise
-            log.warning("%s on_no_face is '%s': the model is returned without the identity.", e.summary, on_no_face)
+            summary = getattr(e, "summary", f"PuLID-Flux: {e}")
+            log.warning("%s on_no_face is '%s': the model is returned without the identity.", summary, on_no_face)
             return (model, torch.zeros(1, 64, 128, 3))
         # the uncond tokens (one ID-encoder pass per PuLID model) only when true CFG reads them
         uncond_tokens = pulid_flux.uncond_tokens() if uncond == "uncond_id" else None

@@ -6,6 +6,7 @@ from . import identity_support as ids
 from .encoders import FACE_ORDERS
 from .pulid_flux import FUSION_MODES
 from .pulid_flux.identity import blend_identities
+from .pulid_flux.inputs import check_images, check_mask
 from .pulid_flux.patch import UNCOND_MODES
 
 CATEGORY = "pulid_flux"
@@ -82,6 +83,7 @@ class PulidFluxApplyIdentity:
     CATEGORY = CATEGORY
 
     def apply(self, model, pulid_flux, identity, weight, start_at, end_at, attn_mask=None, uncond="same"):
+        attn_mask = check_mask(attn_mask, "attn_mask")
         return (ids.apply_identity(model, pulid_flux, identity, weight, start_at, end_at, attn_mask, uncond),)
 
 
@@ -178,6 +180,9 @@ class PulidFluxFaceSimilarity:
     CATEGORY = CATEGORY
 
     def score(self, face_analysis, images, identity=None, reference=None):
+        check_images(images, "images")
+        if identity is None and reference is not None:
+            check_images(reference, "reference")
         scores, text, best, annotated = ids.face_similarity(face_analysis, images, identity, reference)
         values = [float(s.score) for s in scores]
         return {"ui": {"pulid_similarity": values, "text": [text]},

@@ -14,7 +14,7 @@ EVA_DOWNLOAD_HINT = (
     "PuLID-Flux needs EVA02-CLIP-L-14-336: download EVA02_CLIP_L_336_psz14_s6B.pt from "
     "https://huggingface.co/QuanSun/EVA-CLIP/tree/main or open_clip_model.safetensors from "
     "https://huggingface.co/timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k/tree/main "
-    "(any file name) and put it in your EVA-CLIP models folder.")
+    "(keep eva02 in the file name) and put it in models/clip_vision/.")
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -106,14 +106,42 @@ def load_face_analysis(root: str, providers: str = "auto", det_size: int = 640):
     folder = find_antelopev2(root)
     from insightface.app import FaceAnalysis
 
-    # An absolute `name` makes insightface use the folder as is (2.x) or via os.path.join (0.7), never download.
-    analysis = FaceAnalysis(name=folder, root=os.path.abspath(os.fspath(root)),
-                            allowed_modules=["detection", "recognition"], providers=onnx_providers(providers))
+    providers = onnx_providers(providers)
+    try:
+        # An absolute `name` makes insightface use the folder as is (2.x) or via os.path.join (0.7), never download.
+        analysis = FaceAnalysis(name=folder, root=os.path.abspath(os.fspath(root)),
+                                allowed_modules=["detection", "recognition"], providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors (InvalidProtobuf...) share no base class
+        raise _damaged_file_error(folder, e) from None
     if "recognition" not in analysis.models:
         raise EncoderModelError(f"{RECOGNIZER_FILE} in {folder} was not recognised as an ArcFace model: the file is "
                                 f"damaged or not glintr100.\n  {ANTELOPEV2_DOWNLOAD_HINT}")
     analysis.prepare(ctx_id=0, det_size=(det_size, det_size))
     return analysis
+
+
+def _damaged_file_error(folder: str, error: Exception) -> EncoderModelError:
+    """InsightFace loads every .onnx file of the folder: name the one onnxruntime cannot read (an interrupted
+    download), or the detector it did not recognise. Only reached when loading failed, so re-reading is cheap."""
+    import onnxruntime
+
+    for path in sorted(glob.glob(os.path.join(folder, "*.onnx"))):
+        try:
+            onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - see above
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = text.split("failed:", 1)[-1].strip().rstrip(".")  # onnxruntime: "Load model from P failed:why"
+            unused = "" if os.path.basename(path) in ANTELOPEV2_FILES else (
+                f" PuLID-Flux needs only {' and '.join(ANTELOPEV2_FILES)}: deleting this file also works.")
+            return EncoderModelError(
+                f"{os.path.basename(path)} in {folder} is damaged: onnxruntime cannot read it ({reason})."
+                f"\n  file: {path}\n  Fix: download it again (an interrupted download leaves a truncated file).{unused}"
+                f"\n  {ANTELOPEV2_DOWNLOAD_HINT}")
+    if isinstance(error, AssertionError):  # insightface asserts it found a detector
+        return EncoderModelError(f"{DETECTOR_FILE} in {folder} was not recognised as a face detector: the file is "
+                                 f"damaged or not SCRFD.\n  {ANTELOPEV2_DOWNLOAD_HINT}")
+    return EncoderModelError(f"InsightFace could not load antelopev2 from {folder}: {type(error).__name__}: {error}"
+                             f"\n  {ANTELOPEV2_DOWNLOAD_HINT}")
 
 
 @dataclass

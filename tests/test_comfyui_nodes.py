@@ -354,8 +354,9 @@ def test_eva_auto_skips_a_broken_candidate(env, tmp_path, monkeypatch):
     broken = tmp_path / "eva02_broken.pt"
     broken.write_bytes(b"not a checkpoint")
     support = env.pack.comfy_support
-    monkeypatch.setattr(support, "find_eva_files", lambda choice: [str(broken), env.eva.path])
+    monkeypatch.setattr(support, "find_eva_files", lambda choice: [("pulid/eva02_broken.pt", str(broken)),
+                                                                     ("clip/eva02.pt", env.eva.path)])
     assert support.EvaModel.load().path == env.eva.path
-    monkeypatch.setattr(support, "find_eva_files", lambda choice: [str(broken)])
+    monkeypatch.setattr(support, "find_eva_files", lambda choice: [("pulid/eva02_broken.pt", str(broken))])
     with pytest.raises(support.EncoderModelError, match="eva02_broken.pt"):
         support.EvaModel.load()

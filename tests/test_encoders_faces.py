@@ -109,6 +109,24 @@ def test_misplaced_folder_says_where_to_move(tmp_path, where):
     assert f"move the .onnx files into {expected}" in str(e.value)
 
 
+@pytest.mark.parametrize("name,damage", [("scrfd_10g_bnkps.onnx", "truncated"), ("glintr100.onnx", "truncated"),
+                                         ("glintr100.onnx", "empty"), ("1k3d68.onnx", "garbage")])
+def test_damaged_onnx_file_is_named_with_the_fix(tmp_path, name, damage):
+    """A truncated antelopev2 download ended in onnxruntime's raw InvalidProtobuf, naming no file to replace.
+    InsightFace loads every .onnx of the folder, so a damaged file PuLID does not use breaks it too."""
+    folder = fakes.write_antelopev2(str(tmp_path / "models" / "antelopev2"))
+    path = os.path.join(folder, name)
+    data = open(path, "rb").read() if os.path.exists(path) else b""
+    with open(path, "wb") as f:
+        f.write({"truncated": data[:len(data) // 2], "empty": b"", "garbage": b"not an onnx model" * 9}[damage])
+    with pytest.raises(EncoderModelError) as e:
+        load_face_analysis(str(tmp_path), "CPU")
+    message = str(e.value)
+    assert message.startswith(f"{name} in {folder} is damaged: onnxruntime cannot read it (")
+    assert f"file: {path}" in message and "Fix: download it again" in message
+    assert ("deleting this file also works" in message) == (name == "1k3d68.onnx")
+
+
 # --- detection -------------------------------------------------------------------------------------------------
 
 def test_one_face_with_keypoints_on_real_photos(analysis):
