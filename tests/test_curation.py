@@ -1,0 +1,220 @@
+"""Per-reference figures (pose, sharpness, size, consistency), verdicts, curation modes and curated fusion."""
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import curation_fixtures as fx
+from encoders.curation.figures import (ARCFACE_DIM, face_size, head_pose, leave_one_out,
+                                       measure_references, sharpness, unit_rows)
+from encoders.curation.selection import (BLURRED, CONSISTENT, NO_FACE, OTHER_PERSON, STRONG_TURN, TOO_SMALL,
+                                         CurationError, Thresholds, curate, problems, verdict)
+from encoders.images import FFHQ_TEMPLATE_512
+from pulid_flux import FUSION_MODES, fuse_id_tokens
+from pulid_flux.curated_fusion import fuse_curated
+
+# cosines are computed in float64 from 512 products: rounding can move them by about 512 ulps of float64
+COSINE_TOL = ARCFACE_DIM * np.finfo(np.float64).eps
+
+
+# --- head pose from five landmarks --------------------------------------------------------------------------------
+def test_alignment_template_is_frontal():
+    yaw, pitch = head_pose(FFHQ_TEMPLATE_512)
+    assert abs(yaw) < 1e-6 and abs(pitch) < 1e-6
+
+
+@given(yaw=st.floats(-75, 75), pitch=st.floats(-60, 60), roll=st.floats(-180, 180), scale=st.floats(0.05, 20),
+       dx=st.floats(-5000, 5000), dy=st.floats(-5000, 5000))
+def test_pose_of_turned_head_is_recovered(yaw, pitch, roll, scale, dx, dy):
+    """Seen from far away, any turn, tilt, in-image roll, size and position: the angles come back exactly."""
+    found = head_pose(fx.projected(yaw, pitch, roll, scale, (dx, dy)))
+    assert found is not None
+    assert found[0] == pytest.approx(yaw, abs=1e-6) and found[1] == pytest.approx(pitch, abs=1e-6)
+
+
+def test_pose_signs_follow_the_image():
+    right = fx.projected(25, 0)
+    assert right[2, 0] > (right[0, 0] + right[1, 0]) / 2  # nose to the image's right of the eyes' middle
+    assert head_pose(right)[0] > 20
+    up = fx.projected(0, 20)
+    assert head_pose(up)[1] > 15 and up[2, 1] - up[0, 1] < fx.projected(0, 0)[2, 1] - fx.projected(0, 0)[0, 1]
+    mirrored = right * [-1, 1]  # the mirror image: the person's left and right swap labels too
+    mirrored = mirrored[[1, 0, 2, 4, 3]]
+    assert head_pose(mirrored)[0] == pytest.approx(-head_pose(right)[0], abs=0.1)  # the template is not quite symmetric
+
+
+@pytest.mark.parametrize("yaw,pitch", [(0, 0), (20, 0), (-35, 10), (0, -25), (45, 15)])
+def test_pose_under_perspective_is_close(yaw, pitch):
+    """A camera 8 eye-distances away (a portrait at arm's length): within 3 degrees."""
+    found = head_pose(fx.perspective(yaw, pitch, distance=8))
+    assert abs(found[0] - yaw) < 3 and abs(found[1] - pitch) < 3
+
+
+def test_pose_of_the_real_astronaut_is_frontal():
+    yaw, pitch = head_pose(fx.ASTRONAUT_KPS)
+    assert abs(yaw) < 10 and abs(pitch) < 10
+
+
+@pytest.mark.parametrize("kps", [np.zeros((5, 2)), np.full((5, 2), np.nan), np.ones(8), FFHQ_TEMPLATE_512 * [-1, 1]])
+def test_pose_of_non_faces_is_none(kps):
+    assert head_pose(kps) is None
+
+
+# --- sharpness and size ---------------------------------------------------------------------------------------------
+def test_blurred_copy_scores_lower():
+    crop = fx.aligned(fx.astronaut())
+    scores = [sharpness(crop)] + [sharpness(fx.aligned(fx.blurred(fx.astronaut(), s))) for s in (0.5, 1, 2, 3)]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 5 * scores[3]
+    assert scores[0] > Thresholds().min_sharpness > scores[3]  # the default separates sharp from 2 px of blur
+
+
+def test_sharpness_ignores_brightness_and_contrast():
+    crop = fx.aligned(fx.astronaut()).astype(np.float32)
+    dimmer = np.clip(crop * 0.5 + 40, 0, 255).round().astype(np.uint8)
+    assert sharpness(dimmer) == pytest.approx(sharpness(crop.astype(np.uint8)), rel=0.1)  # uint8 rounding: 10 %
+    assert sharpness(np.full((512, 512, 3), 128, np.uint8)) == 0.0
+
+
+def test_face_size_is_the_side_of_a_square_of_the_box_area():
+    assert face_size([10, 20, 110, 220]) == pytest.approx(math.sqrt(100 * 200))
+    assert face_size([5, 5, 4, 9]) == 0.0
+
+
+# --- consistency ------------------------------------------------------------------------------------------------
+def test_two_copies_of_one_photo_are_fully_consistent():
+    photo = fx.photo_of(fx.person(0), 0.7, seed=1)
+    figs = measure_references([fx.face_result(photo), fx.face_result(photo)])
+    assert [r.consistency for r in figs.references] == [pytest.approx(1.0, abs=COSINE_TOL)] * 2
+    assert figs.pairwise_min == pytest.approx(1.0, abs=COSINE_TOL)
+    assert [verdict(r) for r in figs.references] == [CONSISTENT, CONSISTENT]
+
+
+def test_one_photo_has_no_consistency_and_says_why():
+    figs = measure_references([fx.no_face(), fx.face_result(fx.person(0))])
+    assert figs.references[1].consistency is None and "only one photo" in figs.references[1].consistency_note
+    assert figs.pairwise_min is None and figs.pairwise_median is None
+    assert verdict(figs.references[1]) == CONSISTENT and verdict(figs.references[0]) == NO_FACE
+
+
+def test_consistency_is_cosine_to_the_mean_of_the_others():
+    rows = np.stack([fx.photo_of(fx.person(0), 0.7, seed=s) for s in range(4)])
+    scores = leave_one_out(unit_rows(rows))
+    for i in range(4):
+        others = np.delete(rows, i, axis=0).mean(axis=0)
+        assert scores[i] == pytest.approx(rows[i] @ others / np.linalg.norm(others), abs=COSINE_TOL)
+
+
+def one_person_and_a_stranger():
+    """Four photos of one person (pairwise cosine about 0.46, as real photos) and a fifth of someone else."""
+    me, stranger = fx.person(0), fx.person(99)
+    photos = [fx.photo_of(me, 0.68, seed=s) for s in range(4)] + [fx.photo_of(stranger, 0.68, seed=50)]
+    return [fx.face_result(p) for p in photos]
+
+
+def test_another_person_is_flagged():
+    figs = measure_references(one_person_and_a_stranger())
+    assert 0.3 < figs.pairwise_median < 0.6 and figs.pairwise_min < 0.2
+    assert [verdict(r) for r in figs.references] == [CONSISTENT] * 4 + [OTHER_PERSON]
+    assert figs.references[4].consistency < 0.15 < 0.35 < min(r.consistency for r in figs.references[:4])
+    assert re.fullmatch(r"looks like another person \(consistency -?0\.\d\d < 0.25\)", problems(figs.references[4])[0])
+
+
+def test_quality_problems_name_their_cause_first():
+    small = fx.face_result(fx.person(0), bbox=[0, 0, 40, 50])
+    turned = fx.face_result(fx.person(0), kps=fx.projected(55, 0, scale=0.35, shift=(225, 125)))
+    soft = fx.face_result(fx.person(0), image=fx.blurred(fx.astronaut(), 2.5))
+    figs = measure_references([small, turned, soft])
+    assert [verdict(r) for r in figs.references] == [TOO_SMALL, STRONG_TURN, BLURRED]
+    assert figs.references[1].yaw == pytest.approx(55, abs=1e-3)
+
+
+# --- curation ---------------------------------------------------------------------------------------------------
+def tokens_for(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 32, 2048, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("mode", ["off", "warn"])
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_off_and_warn_are_bit_identical_to_today(mode, fusion):
+    results = [fx.no_face()] + one_person_and_a_stranger()
+    kept = curate(measure_references(results), mode)
+    assert kept.kept == (1, 2, 3, 4, 5) and kept.weights is None and list(kept.dropped) == [0]
+    tokens = tokens_for(5)
+    fused = fuse_curated(tokens, fusion, kept.token_rows([1, 2, 3, 4, 5]), kept.weights)
+    assert torch.equal(fused, fuse_id_tokens(tokens, fusion))
+
+
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_drop_leaves_the_stranger_out_and_equals_the_kept_photos_alone(fusion):
+    figs = measure_references(one_person_and_a_stranger())
+    kept = curate(figs, "drop")
+    assert kept.kept == (0, 1, 2, 3) and OTHER_PERSON in kept.dropped[4]
+    tokens = tokens_for(5)
+    alone = fuse_id_tokens(tokens[:4].clone(), fusion)  # what the four photos give without the fifth
+    assert torch.equal(fuse_curated(tokens, fusion, kept.token_rows(range(5))), alone)
+
+
+def test_drop_of_every_photo_says_why_for_each():
+    results = [fx.no_face("no face detected"), fx.face_result(fx.person(0), image=fx.blurred(fx.astronaut(), 3))]
+    with pytest.raises(CurationError) as caught:
+        curate(measure_references(results), "drop")
+    text = str(caught.value)
+    assert "photo 1: no face" in text and "photo 2: blurred (sharpness" in text and "'warn'" in text
+
+
+def test_no_face_at_all_fails_in_every_mode():
+    for mode in ("off", "warn", "drop", "weight"):
+        with pytest.raises(CurationError, match="photo 1: no face"):
+            curate(measure_references([fx.no_face()]), mode)
+
+
+def test_weight_follows_consistency_and_zeroes_photos_pointing_away():
+    me = fx.person(0)
+    photos = [fx.photo_of(me, 0.8, seed=1), fx.photo_of(me, 0.6, seed=2), fx.photo_of(me, 0.7, seed=3), -me]
+    figs = measure_references([fx.face_result(p) for p in photos])
+    cons = [r.consistency for r in figs.references]
+    assert cons[3] < 0
+    kept = curate(figs, "weight")
+    assert kept.kept == (0, 1, 2) and "weight 0" in kept.dropped[3]
+    expected = np.array(cons[:3]) / sum(cons[:3])
+    assert kept.weights == pytest.approx(tuple(expected), abs=1e-12)
+    tokens = tokens_for(4).double()
+    manual = (tokens[:3] * torch.tensor(expected).view(-1, 1, 1)).sum(0, keepdim=True)
+    fused = fuse_curated(tokens, "mean", kept.token_rows(range(4)), kept.weights)
+    assert torch.allclose(fused, manual, rtol=0, atol=64 * torch.finfo(torch.float64).eps)
+
+
+def test_weight_of_one_photo_is_one_and_equal_weights_give_the_mean():
+    kept = curate(measure_references([fx.face_result(fx.person(0))]), "weight")
+    assert kept.weights == (1.0,)
+    tokens = tokens_for(3)
+    eps = torch.finfo(tokens.dtype).eps * tokens.abs().max().item()
+    assert torch.allclose(fuse_curated(tokens, "mean", None, [1, 1, 1]), fuse_id_tokens(tokens), rtol=0, atol=4 * eps)
+
+
+def test_weighted_fusion_refuses_what_it_cannot_do():
+    tokens = tokens_for(2)
+    with pytest.raises(ValueError, match="needs fusion 'mean'"):
+        fuse_curated(tokens, "concat", None, [0.5, 0.5])
+    for weights in ([1.0], [0, 0], [1, float("nan")], [-1, 2]):
+        with pytest.raises(ValueError, match="weights"):
+            fuse_curated(tokens, "mean", None, weights)
+    with pytest.raises(ValueError, match="rows"):
+        fuse_curated(tokens, "mean", [2])
+
+
+def test_unknown_mode_and_bad_thresholds_are_refused():
+    with pytest.raises(ValueError, match="curate mode 'strict'"):
+        curate(measure_references([fx.face_result(fx.person(0))]), "strict")
+    with pytest.raises(ValueError, match="min_sharpness"):
+        Thresholds(min_sharpness=float("nan"))
+
+
+def test_thresholds_move_the_verdicts():
+    figs = measure_references(one_person_and_a_stranger())
+    lenient = Thresholds(min_consistency=-1.0)
+    assert curate(figs, "drop", lenient).kept == (0, 1, 2, 3, 4)
