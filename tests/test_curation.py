@@ -123,6 +123,14 @@ def test_another_person_is_flagged():
     assert re.fullmatch(r"looks like another person \(consistency -?0\.\d\d < 0.25\)", problems(figs.references[4])[0])
 
 
+def test_no_face_reasons_read_once():
+    figs = measure_references([fx.no_face("no face detected (detector sizes 640 px)"),
+                               fx.no_face("face index 2 requested with order 'largest', but only 1 face was detected")])
+    assert [verdict(r) for r in figs.references] == [NO_FACE, NO_FACE]
+    assert problems(figs.references[0]) == ["no face detected (detector sizes 640 px)"]
+    assert problems(figs.references[1])[0].startswith("no face (face index 2 requested")
+
+
 def test_quality_problems_name_their_cause_first():
     small = fx.face_result(fx.person(0), bbox=[0, 0, 40, 50])
     turned = fx.face_result(fx.person(0), kps=fx.projected(55, 0, scale=0.35, shift=(225, 125)))

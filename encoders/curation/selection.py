@@ -23,7 +23,7 @@ VERDICTS = (NO_FACE, TOO_SMALL, STRONG_TURN, BLURRED, OTHER_PERSON, CONSISTENT)
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Where a photo stops counting as usable. Defaults (see the README, "Curation and copy detection"):
+    """Where a photo stops counting as usable (each is a node input once curation is wired). Defaults and why:
 
     min_consistency 0.25: ArcFace cosines of two real photos of one person are typically above 0.3 (median about
         0.46 on WithAnyone's MultiID-Bench), of two different people below 0.2 (around 0 on average). A photo's
@@ -53,29 +53,36 @@ class Thresholds:
                 raise ValueError(f"curation threshold {name} must be a number, got {value!r}.")
 
 
-def problems(ref: ReferenceFigures, limits: Thresholds = Thresholds()) -> list[str]:
-    """Every problem of one photo, in VERDICTS order, each with the figure that caused it (empty: usable)."""
+def _problems(ref: ReferenceFigures, limits: Thresholds) -> list[tuple[str, str]]:
+    """(verdict, explanation) for every problem of one photo, in VERDICTS order."""
     if not ref.face_found:
-        return [f"{NO_FACE} ({ref.reason})" if ref.reason else NO_FACE]
+        reason = ref.reason or NO_FACE
+        return [(NO_FACE, reason if reason.startswith(NO_FACE) else f"{NO_FACE} ({reason})")]
     found = []
     if ref.face_px is not None and ref.face_px < limits.min_face_px:
-        found.append(f"{TOO_SMALL} ({ref.face_px:.0f} px < {limits.min_face_px:g} px)")
+        found.append((TOO_SMALL, f"{TOO_SMALL} ({ref.face_px:.0f} px < {limits.min_face_px:g} px)"))
     if ref.yaw is None:
-        found.append(f"{STRONG_TURN} (the landmarks do not fit a face seen from the front)")
+        found.append((STRONG_TURN, f"{STRONG_TURN} (the landmarks do not fit a face seen from the front)"))
     elif abs(ref.yaw) > limits.max_yaw or abs(ref.pitch) > limits.max_pitch:
-        found.append(f"{STRONG_TURN} (yaw {ref.yaw:+.0f}, pitch {ref.pitch:+.0f} degrees; limits "
-                     f"{limits.max_yaw:g}, {limits.max_pitch:g})")
+        found.append((STRONG_TURN, f"{STRONG_TURN} (yaw {ref.yaw:+.0f}, pitch {ref.pitch:+.0f} degrees; limits "
+                                   f"{limits.max_yaw:g}, {limits.max_pitch:g})"))
     if ref.sharpness is not None and ref.sharpness < limits.min_sharpness:
-        found.append(f"{BLURRED} (sharpness {ref.sharpness:.3f} < {limits.min_sharpness:g})")
+        found.append((BLURRED, f"{BLURRED} (sharpness {ref.sharpness:.3f} < {limits.min_sharpness:g})"))
     if ref.consistency is not None and ref.consistency < limits.min_consistency:
-        found.append(f"{OTHER_PERSON} (consistency {ref.consistency:.2f} < {limits.min_consistency:g})")
+        found.append((OTHER_PERSON, f"{OTHER_PERSON} (consistency {ref.consistency:.2f} < "
+                                    f"{limits.min_consistency:g})"))
     return found
 
 
+def problems(ref: ReferenceFigures, limits: Thresholds = Thresholds()) -> list[str]:
+    """Every problem of one photo, in VERDICTS order, each with the figure that caused it (empty: usable)."""
+    return [text for _, text in _problems(ref, limits)]
+
+
 def verdict(ref: ReferenceFigures, limits: Thresholds = Thresholds()) -> str:
-    """The plain-language verdict: one of VERDICTS."""
-    found = problems(ref, limits)
-    return found[0].split(" (")[0] if found else CONSISTENT
+    """The plain-language verdict: one of VERDICTS (the first problem's, or CONSISTENT)."""
+    found = _problems(ref, limits)
+    return found[0][0] if found else CONSISTENT
 
 
 @dataclass(frozen=True)
