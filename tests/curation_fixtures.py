@@ -73,3 +73,24 @@ def perspective(yaw: float, pitch: float, distance: float) -> np.ndarray:
 
 def blurred(rgb: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(rgb, (0, 0), sigma)
+
+
+# The six people of insightface's t1.jpg (1280x886): eye centres, nose tip, mouth corners, by hand (about +-2 px),
+# left to right. The standing man (index 4) turns strongly away; the others look down a little.
+GROUP_KPS = np.array([
+    [(82.5, 332.5), (128.75, 307.5), (120, 346), (115, 367.5), (150, 351)],
+    [(290, 212.5), (321, 194), (307.5, 227.5), (302.5, 240), (337.5, 232.5)],
+    [(490, 317.5), (537.5, 332.5), (507.5, 352.5), (487.5, 366), (537.5, 375)],
+    [(762.5, 396), (802.5, 397.5), (787.5, 427.5), (767.5, 441), (815, 441)],
+    [(915, 112.5), (945, 115), (928.75, 152.5), (935, 167.5), (960, 169)],
+    [(1145, 326), (1192.5, 323.75), (1172.5, 352.5), (1153.75, 363.75), (1193.75, 362.5)]], np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def group_photo() -> np.ndarray:
+    import os
+
+    import insightface
+
+    path = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
+    return np.ascontiguousarray(cv2.imread(path)[:, :, ::-1])

@@ -59,6 +59,19 @@ def test_pose_of_the_real_astronaut_is_frontal():
     assert abs(yaw) < 10 and abs(pitch) < 10
 
 
+def test_pose_and_sharpness_of_the_real_group_photo():
+    """insightface's t1.jpg: the standing man turned away (about -45 degrees) is the one strong turn; every face of
+    this ordinary JPEG is sharp enough (0.12 to 0.24), its 1 px blur is not (same face, blurred)."""
+    poses = [head_pose(kps) for kps in fx.GROUP_KPS]
+    limits = Thresholds()
+    turned = [abs(yaw) > limits.max_yaw or abs(pitch) > limits.max_pitch for yaw, pitch in poses]
+    assert turned == [False, False, False, False, True, False] and poses[4][0] < -40
+    scores = [sharpness(fx.aligned(fx.group_photo(), kps)) for kps in fx.GROUP_KPS]
+    assert min(scores) > limits.min_sharpness
+    soft = [sharpness(fx.aligned(fx.blurred(fx.group_photo(), 2.0), kps)) for kps in fx.GROUP_KPS]
+    assert all(b < a / 2 for a, b in zip(scores, soft)) and max(soft) < limits.min_sharpness
+
+
 @pytest.mark.parametrize("kps", [np.zeros((5, 2)), np.full((5, 2), np.nan), np.ones(8), FFHQ_TEMPLATE_512 * [-1, 1]])
 def test_pose_of_non_faces_is_none(kps):
     assert head_pose(kps) is None
@@ -220,6 +233,17 @@ def test_unknown_mode_and_bad_thresholds_are_refused():
         curate(measure_references([fx.face_result(fx.person(0))]), "strict")
     with pytest.raises(ValueError, match="min_sharpness"):
         Thresholds(min_sharpness=float("nan"))
+
+
+def test_every_threshold_has_an_input_whose_range_holds_its_default():
+    from dataclasses import asdict
+
+    from encoders.curation.selection import THRESHOLD_INPUTS
+
+    defaults = asdict(Thresholds())
+    assert set(THRESHOLD_INPUTS) == set(defaults)
+    for name, (low, high, step, tooltip) in THRESHOLD_INPUTS.items():
+        assert low <= defaults[name] <= high and step > 0 and len(tooltip) > 40
 
 
 def test_thresholds_move_the_verdicts():

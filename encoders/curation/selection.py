@@ -53,6 +53,23 @@ class Thresholds:
                 raise ValueError(f"curation threshold {name} must be a number, got {value!r}.")
 
 
+# For node inputs and command-line flags (declare each once from here): name -> (min, max, step, tooltip);
+# the defaults are Thresholds()'s.
+THRESHOLD_INPUTS = {
+    "min_consistency": (-1.0, 1.0, 0.01, "A photo whose ArcFace cosine to the mean of the other photos is under this "
+                        "looks like another person. Photos of one person: typically 0.3 and up; other people: under "
+                        "0.2."),
+    "min_face_px": (0.0, 4096.0, 1.0, "A face whose detector box (side of a square of the same area, in photo pixels) "
+                    "is under this is too small: little identity detail survives the upscaling."),
+    "max_yaw": (0.0, 90.0, 1.0, "Left-right turn of the head (degrees, from the five landmarks, about +-10) above "
+                "which a photo is a strong turn."),
+    "max_pitch": (0.0, 90.0, 1.0, "Up-down tilt of the head (degrees, from the five landmarks, about +-10) above which "
+                  "a photo is a strong turn."),
+    "min_sharpness": (0.0, 64.0, 0.005, "Fine detail of the aligned face (Laplacian variance over contrast at 128 px) "
+                      "under which a photo is blurred: sharp faces score 0.1 to 0.4, a 2 px blur about 0.03."),
+}
+
+
 def _problems(ref: ReferenceFigures, limits: Thresholds) -> list[tuple[str, str]]:
     """(verdict, explanation) for every problem of one photo, in VERDICTS order."""
     if not ref.face_found:
