@@ -144,6 +144,21 @@ def test_no_face_reasons_read_once():
     assert problems(figs.references[1])[0].startswith("no face (face index 2 requested")
 
 
+def with_cosines(gram) -> list:
+    """Photos whose ArcFace vectors have exactly these pairwise cosines (rows of the Cholesky factor)."""
+    rows = np.linalg.cholesky(np.asarray(gram, np.float64))
+    return [fx.face_result(np.pad(r, (0, ARCFACE_DIM - len(r)))) for r in rows]
+
+
+@pytest.mark.parametrize("pair,expected,flagged", [(0.46, 0.352, [False, False, True]),
+                                                    (0.30, 0.241, [True, True, True])])
+def test_the_documented_weak_spot_of_three_photos(pair, expected, flagged):
+    """Thresholds' docstring: two photos of one person (cosine `pair`) and a stranger (0.05 to both)."""
+    figs = measure_references(with_cosines([[1, pair, 0.05], [pair, 1, 0.05], [0.05, 0.05, 1]]))
+    assert [r.consistency for r in figs.references][:2] == [pytest.approx(expected, abs=1e-3)] * 2
+    assert [verdict(r) == OTHER_PERSON for r in figs.references] == flagged
+
+
 def test_quality_problems_name_their_cause_first():
     small = fx.face_result(fx.person(0), bbox=[0, 0, 40, 50])
     turned = fx.face_result(fx.person(0), kps=fx.projected(55, 0, scale=0.35, shift=(225, 125)))
@@ -250,3 +265,20 @@ def test_thresholds_move_the_verdicts():
     figs = measure_references(one_person_and_a_stranger())
     lenient = Thresholds(min_consistency=-1.0)
     assert curate(figs, "drop", lenient).kept == (0, 1, 2, 3, 4)
+
+
+# --- through the real encoder path (synthetic antelopev2, random BiSeNet, tiny EVA) ------------------------------
+def test_figures_from_the_encoders_own_results(tmp_path):
+    from test_encoders_pipeline import make_models
+
+    encoders = make_models(str(tmp_path))
+    photo = fx.astronaut()
+    results = encoders.encode([photo, np.zeros((300, 200, 3), np.uint8), photo.copy()])
+    figs = measure_references(results)
+    first, black, copy = figs.references
+    assert not black.face_found and "no face detected" in black.reason and verdict(black) == NO_FACE
+    assert first.consistency == pytest.approx(1.0, abs=COSINE_TOL) and copy.consistency == first.consistency
+    assert first.det_score > 0.5 and first.face_count == 1 and first.face_px > 64 and first.sharpness > 0
+    assert first.yaw is not None and abs(first.yaw) < 5 and len(first.kps) == 5
+    kept = curate(figs, "drop")
+    assert kept.kept == (0, 2) and kept.token_rows([0, 2]) == [0, 1]

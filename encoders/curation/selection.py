@@ -30,8 +30,9 @@ class Thresholds:
         consistency is its cosine to the MEAN of the others, which averaging lifts for the same person (with
         pairwise cosine c and k other photos: c / sqrt(c + (1 - c) / k), 0.46 -> 0.54 for k = 2, 0.60 for k = 4)
         and leaves low for another person (0.2 -> at most 0.29 with many photos, typically 0.05 to 0.1). 0.25
-        sits between the two. Known weak spot: with three photos, one of them another person, that photo drags
-        the others' means down too (to about 0.35 at c = 0.46; to 0.25 for a pair that only reaches c = 0.3).
+        sits between the two. Known weak spot: with three photos, one of them another person (cosine 0.05 to
+        both), the stranger drags the other two's consistency down too: to 0.35 when they share c = 0.46, but to
+        0.24 when they only reach c = 0.3, so all three are flagged (drop then fails and says why per photo).
     min_face_px 64: ArcFace reads a 112 px crop in which the face's box is about 90 px; a face box under 64 px is
         upscaled more than 1.4x for ArcFace and 8x for the 512 px crop EVA-CLIP and PuLID see: little identity
         detail is left (recognition accuracy drops steeply below this on low-resolution face benchmarks).
