@@ -224,6 +224,9 @@ def test_any_damaged_report_is_read_without_an_exception(data):
     else:
         assert reason == "" and parse_report(json.dumps(parsed)) == (parsed, "")
         assert all(r["verdict"] in VERDICTS for r in parsed["references"])
+        assert "curate '" in render_table(parsed)  # what parses, renders
+        for ref in parsed["references"]:
+            assert annotate_reference(np.zeros((128, 256, 3), np.uint8), ref).shape == (128, 256, 3)
 
 
 # --- the preview ------------------------------------------------------------------------------------------------
@@ -238,6 +241,14 @@ def test_preview_rows_get_verdicts_and_photos_without_a_face_a_row():
     assert np.all(out[2, 300, 500] == 96)  # the photo without a face: a gray row
     with pytest.raises(ValueError, match="3 preview rows for 4 photos"):
         annotate_previews(rows[:3], report)
+
+
+def test_annotation_survives_any_text_a_file_may_hold():
+    _, report = stranger_report()
+    ref = dict(report["references"][2], reason="\ud800 \u00e9\u4e2d" + "x" * 5000)  # lone surrogate, non-ASCII
+    parsed, _ = parse_report(json.dumps(dict(report, references=[ref] + report["references"][1:])))
+    out = annotate_reference(np.zeros((128, 256, 3), np.uint8), parsed["references"][0])
+    assert out.shape == (128, 256, 3) and out.any()
 
 
 def test_annotation_fits_a_small_identity_preview():

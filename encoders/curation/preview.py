@@ -29,12 +29,12 @@ def caption(ref: dict) -> tuple[str, str]:
     parts = []
     if ref["consistency"] is not None:
         parts.append(f"cos {ref['consistency']:.2f}")
-    if ref["yaw"] is not None:
-        parts.append(f"yaw {ref['yaw']:+.0f} pitch {ref['pitch']:+.0f}")
+    parts += [f"yaw {ref['yaw']:+.0f}" if ref["yaw"] is not None else "",
+              f"pitch {ref['pitch']:+.0f}" if ref["pitch"] is not None else ""]
     parts += [f"sharp {ref['sharpness']:.2f}" if ref["sharpness"] is not None else "",
               f"{ref['face_px']:.0f}px" if ref["face_px"] is not None else "",
               f"det {ref['det_score']:.2f}" if ref["det_score"] is not None else ""]
-    return first, "  ".join(p for p in parts if p)
+    return first, "  ".join(p for p in parts if p).replace("  pitch", " pitch")
 
 
 def annotate_reference(rgb: np.ndarray, ref: dict) -> np.ndarray:
@@ -42,8 +42,9 @@ def annotate_reference(rgb: np.ndarray, ref: dict) -> np.ndarray:
     canvas = np.ascontiguousarray(np.array(rgb, dtype=np.uint8, copy=True)[..., :3])
     h, w = canvas.shape[:2]
     thick = max(1, round(max(h, w) / 600))
-    lines = caption(ref)
-    scale = _fitted_scale(list(lines), w, thick, max(0.35, w / 1400))
+    # Hershey fonts draw ASCII only (and OpenCV refuses text that is not valid UTF-8): anything else becomes '?'
+    lines = [line[:160].encode("ascii", "replace").decode("ascii") for line in caption(ref)]
+    scale = _fitted_scale(lines, w, thick, max(0.35, w / 1400))
     line_h = int(cv2.getTextSize("Ag", _FONT, scale, thick)[0][1] * 1.9) + 2
     band = min(h, 2 * line_h + 4)
     canvas[:band] = (canvas[:band].astype(np.uint16) * 3 // 10).astype(np.uint8)  # darken: text stays readable

@@ -66,7 +66,8 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 
 
 def render_table(report: dict) -> str:
-    """A plain-text table of a (built or parsed) report, one row per photo, then the set's summary."""
+    """A plain-text table of a (built or parsed) report, one row per photo, then the set's summary. Any report
+    parse_report returns renders, whatever mix of null figures it holds."""
     head = ("photo", "face", "det", "size px", "yaw", "pitch", "sharp", "consist.", "verdict", "used")
     rows = []
     for ref in report["references"]:
@@ -85,7 +86,7 @@ def render_table(report: dict) -> str:
     if s["pairwise_median"] is None:
         out.append(f"consistency: {s['consistency_note'] or 'not measured'}")
     else:
-        out.append(f"pairwise ArcFace cosine between photos: min {s['pairwise_min']:.3f}, median "
+        out.append(f"pairwise ArcFace cosine between photos: min {_fmt(s['pairwise_min'], '.3f')}, median "
                    f"{s['pairwise_median']:.3f} (real photos of one person: about 0.46; other people: under 0.2)")
     kept = ", ".join(str(i + 1) for i in s["kept"]) or "none"
     out.append(f"curate '{s['mode']}': {len(s['kept'])} of {s['photos']} photos used ({kept})")
