@@ -202,10 +202,12 @@ def test_drop_of_every_photo_says_why_for_each():
     assert "photo 1: no face" in text and "photo 2: blurred (sharpness" in text and "'warn'" in text
 
 
-def test_no_face_at_all_fails_in_every_mode():
+def test_no_face_at_all_is_left_to_todays_no_face_handling():
+    """Not a curation error: kept is empty, and the caller's NoFaceError / on_no_face apply as they do today."""
     for mode in ("off", "warn", "drop", "weight"):
-        with pytest.raises(CurationError, match="photo 1: no face"):
-            curate(measure_references([fx.no_face()]), mode)
+        kept = curate(measure_references([fx.no_face(), fx.no_face("too small")]), mode)
+        assert kept.kept == () and kept.weights is None and kept.dropped == {0: fx.no_face().reason,
+                                                                            1: "no face (too small)"}
 
 
 def test_weight_follows_consistency_and_zeroes_photos_pointing_away():

@@ -135,6 +135,15 @@ def test_report_of_one_photo_has_null_consistency():
     assert "only one photo" in render_table(report)
 
 
+def test_report_of_photos_without_faces_renders():
+    figs = measure_references([fx.no_face(), fx.no_face("too small")])
+    report = build_report(figs, curate(figs, "drop"))
+    assert [r["verdict"] for r in report["references"]] == ["no face", "no face"] and report["summary"]["kept"] == []
+    assert "0 of 2 photos used (none)" in render_table(report) and "no photo with a face" in render_table(report)
+    assert annotate_previews(np.zeros((0, 128, 256, 3), np.uint8), report).shape == (2, 128, 256, 3)
+    assert parse_report(json.dumps(report)) == (report, "")
+
+
 def test_weights_appear_in_the_report():
     figs, _ = stranger_report()
     report = build_report(figs, curate(figs, "weight"))

@@ -116,6 +116,7 @@ class FigureSet:
     pairwise_min: float | None  # of the ArcFace cosines between photos with a face; None under two faces
     pairwise_median: float | None
     arcface: np.ndarray = field(repr=False, compare=False)  # [faces, 512] float64 unit rows, faces in batch order
+    consistency_note: str = ""  # why there is no consistency (under two photos with a face)
 
     @property
     def found(self) -> list[int]:
@@ -175,4 +176,4 @@ def measure_references(results) -> FigureSet:
             sharpness=sharpness(result.aligned),
             consistency=None if consistency is None else consistency[row], consistency_note=note))
     low, median = pairwise_spread(unit)
-    return FigureSet(tuple(figures), low, median, unit)
+    return FigureSet(tuple(figures), low, median, unit, note)

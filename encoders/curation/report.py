@@ -53,10 +53,9 @@ def build_report(figures: FigureSet, curation: Curation, limits: Thresholds = Th
         entry.update(verdict=verdict(ref, limits), problems=problems(ref, limits), kept=ref.index in curation.kept,
                      weight=_round(weights.get(ref.index)))
         references.append(entry)
-    note = next((r.consistency_note for r in figures.references if r.consistency_note), "")
     summary = {"mode": curation.mode, "photos": len(figures.references), "faces": len(figures.found),
                "kept": list(curation.kept), "pairwise_min": _round(figures.pairwise_min),
-               "pairwise_median": _round(figures.pairwise_median), "consistency_note": note,
+               "pairwise_median": _round(figures.pairwise_median), "consistency_note": figures.consistency_note,
                "thresholds": {k: float(v) for k, v in asdict(limits).items()}}
     return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "references": references, "summary": summary}
 

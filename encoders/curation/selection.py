@@ -141,15 +141,15 @@ def curate(figures: FigureSet, mode: str = "off", limits: Thresholds = Threshold
     weight: every photo with a face, weighted by max(consistency, 0), normalised to sum 1. A photo whose
         embedding points away from the others' mean (consistency <= 0) says nothing about the person: weight 0,
         dropped. One photo (consistency None) gets weight 1. Size, turn and blur do not change weights (use drop
-        for them); if every weight is 0, CurationError."""
+        for them); if every weight is 0, CurationError.
+    No photo with a face at all: kept is empty in every mode, and the caller's no-face handling (NoFaceError,
+    on_no_face) applies as it does today; CurationError is only for photos that curation itself left out."""
     if mode not in CURATE_MODES:
         raise ValueError(f"Unknown curate mode {mode!r}: use one of {', '.join(CURATE_MODES)}.")
     refs = figures.references
     no_face = {r.index: problems(r, limits)[0] for r in refs if not r.face_found}
     found = [r for r in refs if r.face_found]
-    if not found:
-        raise CurationError(mode, no_face)
-    if mode in ("off", "warn"):
+    if not found or mode in ("off", "warn"):
         return Curation(mode, tuple(r.index for r in found), None, no_face)
     if mode == "drop":
         why = {r.index: "; ".join(problems(r, limits)) for r in found if problems(r, limits)}
@@ -158,13 +158,10 @@ def curate(figures: FigureSet, mode: str = "off", limits: Thresholds = Threshold
             raise CurationError(mode, {**no_face, **why})
         return Curation(mode, kept, None, {**no_face, **why})
     raw = {r.index: 1.0 if r.consistency is None else max(0.0, r.consistency) for r in found}
-    why = {i: f"consistency {refs_by(refs, i).consistency:.2f} <= 0: weight 0" for i, w in raw.items() if w <= 0}
+    why = {r.index: f"consistency {r.consistency:.2f} <= 0: weight 0" for r in found if raw[r.index] <= 0}
     kept = tuple(i for i, w in raw.items() if w > 0)
     if not kept:
         raise CurationError(mode, {**no_face, **why})
     total = sum(raw[i] for i in kept)
     return Curation(mode, kept, tuple(raw[i] / total for i in kept), {**no_face, **why})
 
-
-def refs_by(refs, index: int) -> ReferenceFigures:
-    return next(r for r in refs if r.index == index)
