@@ -59,6 +59,8 @@ def head_pose(kps) -> tuple[float, float] | None:
     if np.sqrt((centred ** 2).sum(axis=1).mean()) < 1e-6:
         return None
     affine, *_ = np.linalg.lstsq(HEAD_MODEL_3D, centred, rcond=None)  # (3,2): centred 2D = model @ affine
+    if not np.isfinite(affine).all():  # coordinates near the float limits
+        return None
     u, s, vt = np.linalg.svd(affine.T, full_matrices=False)
     if s[-1] <= 1e-9 * s[0]:
         return None
@@ -76,8 +78,8 @@ def sharpness(aligned: np.ndarray) -> float:
     """Variance of the Laplacian of the gray aligned face (512 px crop scaled to SHARPNESS_SIZE, then
     SHARPNESS_REGION) over the variance of the gray values: the share of the face's contrast that sits in the
     finest detail, so brightness and contrast do not change it. 0 for a flat face; the 3x3 Laplacian bounds it by
-    64. Measured on scikit-image's astronaut (a 100 px face): 0.39 sharp, 0.27 / 0.11 / 0.027 after a Gaussian blur
-    of 0.5 / 1 / 2 px, 0.16 / 0.048 from the photo at half / quarter size (small faces are soft faces)."""
+    64. Measured on scikit-image's astronaut (a 115 px face box): 0.39 sharp, 0.27 / 0.11 / 0.027 after a
+    Gaussian blur of 0.5 / 1 / 2 px, 0.16 / 0.048 from the photo at half / quarter size (small faces are soft)."""
     gray = cv2.cvtColor(np.ascontiguousarray(aligned[..., :3]), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     gray = cv2.resize(gray, (SHARPNESS_SIZE, SHARPNESS_SIZE), interpolation=cv2.INTER_AREA)
     laplacian = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)[SHARPNESS_REGION]

@@ -39,8 +39,9 @@ class Thresholds:
     max_yaw 40, max_pitch 30 (degrees, from the five landmarks, about +-10 degrees of error): beyond about 45
         degrees of yaw one eye is hidden and the five-point alignment squashes the face; a strong pitch hides the
         chin or the eyes. The margins leave room for the estimate's error.
-    min_sharpness 0.05: on a 100 px face, a Gaussian blur of 1 px (soft but usable) scores 0.11 and of 2 px
-        (clearly blurred) 0.027; the sharp photo 0.39. A quarter-size photo (a 25 px face) scores 0.048."""
+    min_sharpness 0.05: on a 115 px face (the astronaut), a Gaussian blur of 1 px (soft but usable) scores 0.11,
+        of 2 px (clearly blurred) 0.027; the sharp photo 0.39, the six faces of t1.jpg (an ordinary JPEG) 0.12 to
+        0.24. The photo at quarter size (a 29 px face) scores 0.048."""
     min_consistency: float = 0.25
     min_face_px: float = 64.0
     max_yaw: float = 40.0
@@ -117,7 +118,8 @@ class Curation:
         position = {photo: row for row, photo in enumerate(used)}
         missing = [i for i in self.kept if i not in position]
         if missing:
-            raise ValueError(f"curation keeps photo(s) {missing} that have no ID tokens (rows are photos {list(used)}).")
+            raise ValueError(f"curation keeps photo(s) {missing} that have no ID tokens (the rows are photos "
+                             f"{list(used)}).")
         return [position[i] for i in self.kept]
 
 
