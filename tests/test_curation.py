@@ -284,3 +284,22 @@ def test_figures_from_the_encoders_own_results(tmp_path):
     assert first.yaw is not None and abs(first.yaw) < 5 and len(first.kps) == 5
     kept = curate(figs, "drop")
     assert kept.kept == (0, 2) and kept.token_rows([0, 2]) == [0, 1]
+    photos = [photo, np.zeros((300, 200, 3), np.uint8), photo.copy()]
+    located = [encoders.locate(rgb, image_index=i) for i, rgb in enumerate(photos)]
+    assert measure_references(located).references == figs.references  # the same figures before EVA-CLIP
+
+
+def test_the_id_encoder_is_not_batch_invariant_so_curate_before_encoding():
+    """Why measure_references also takes the encoder's first stage: the ID tokens of a photo encoded in a batch of
+    five differ (by ~1e-6) from the same photo encoded in a batch of four, so "the kept photos' embedding equals
+    what they give alone", bit for bit, needs the dropped photos left out before the encoders run."""
+    from pulid_flux import encode_id
+    from pulid_flux.model import IDFormer
+
+    torch.manual_seed(0)
+    encoder = IDFormer().eval()
+    id_cond, hidden = torch.randn(5, 1280), [torch.randn(5, 577, 1024) for _ in range(5)]
+    all_five = encode_id(encoder, id_cond, hidden)
+    four = encode_id(encoder, id_cond[:4].clone(), [h[:4].clone() for h in hidden])
+    tol = 64 * torch.finfo(torch.float32).eps * four.abs().max().item()
+    assert torch.allclose(all_five[:4], four, rtol=0, atol=tol)  # equal within float error, not always bit for bit

@@ -154,17 +154,34 @@ def pairwise_spread(unit: np.ndarray) -> tuple[float | None, float | None]:
     return float(cosines.min()), float(np.median(cosines))
 
 
+def _has_face(item) -> bool:
+    return bool(getattr(item, "ok", True))  # NoFace.ok is False; the encoder's first stage has no `ok`
+
+
+def _arcface(item) -> np.ndarray:
+    if hasattr(item, "id_cond"):  # FaceResult: id_cond = cat(raw ArcFace, EVA)
+        return item.id_cond.reshape(-1)[:ARCFACE_DIM].detach().cpu().double().numpy()
+    return np.asarray(item.arcface, np.float64).reshape(-1)
+
+
+def _aligned_rgb(item) -> np.ndarray:
+    return item.aligned if hasattr(item, "aligned") else np.ascontiguousarray(item.aligned_bgr[:, :, ::-1])
+
+
 def measure_references(results) -> FigureSet:
-    """Figures for the encoder's results (FaceResult or NoFace per photo, in batch order; see pipeline.py)."""
-    found = [(i, r) for i, r in enumerate(results) if r.ok]
-    unit = unit_rows(np.stack([r.id_cond.reshape(-1)[:ARCFACE_DIM].detach().cpu().double().numpy()
-                               for _, r in found])) if found else np.zeros((0, ARCFACE_DIM))
+    """Figures for one reference batch, one item per photo in batch order (see pipeline.py): FaceResult or NoFace
+    (what FaceEncoders.encode returns), or the encoder's first stage (FaceEncoders.locate: raw `arcface`,
+    `aligned_bgr`, bbox, kps, det_score, face_count), which holds everything the figures need. Curating after
+    locate and before BiSeNet/EVA-CLIP leaves the dropped photos out of those batches too, so the kept photos'
+    embedding is then exactly what they give alone, and the dropped ones cost no EVA-CLIP pass."""
+    found = [(i, r) for i, r in enumerate(results) if _has_face(r)]
+    unit = unit_rows(np.stack([_arcface(r) for _, r in found])) if found else np.zeros((0, ARCFACE_DIM))
     consistency = leave_one_out(unit)
     note = "" if consistency is not None else (
         "only one photo with a face: nothing to compare it with" if found else "no photo with a face")
     figures = []
     for i, result in enumerate(results):
-        if not result.ok:
+        if not _has_face(result):
             figures.append(ReferenceFigures(i, False, result.reason, int(result.face_count)))
             continue
         row = len([j for j, _ in found if j < i])
@@ -175,7 +192,7 @@ def measure_references(results) -> FigureSet:
             kps=tuple((float(x), float(y)) for x, y in np.asarray(result.kps, np.float64).reshape(5, 2)),
             det_score=float(result.det_score), face_px=face_size(result.bbox),
             yaw=None if pose is None else pose[0], pitch=None if pose is None else pose[1],
-            sharpness=sharpness(result.aligned),
+            sharpness=sharpness(_aligned_rgb(result)),
             consistency=None if consistency is None else consistency[row], consistency_note=note))
     low, median = pairwise_spread(unit)
     return FigureSet(tuple(figures), low, median, unit, note)
