@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import curation_fixtures as fx
-from encoders.curation.copying import (POSE_TOLERANCE, TYPICAL_SAME_PERSON_COSINE, landmark_distance,
+from encoders.curation.copying import (POSE_TOLERANCE, TYPICAL_SAME_PERSON_COSINE, describe, landmark_distance,
                                        likeness_and_copy, rank_best_of_n)
 from encoders.curation.figures import ARCFACE_DIM, measure_references
 from encoders.curation.preview import DROPPED_RGB, annotate_previews, annotate_reference
@@ -62,6 +62,16 @@ def test_one_reference_uses_the_typical_baseline_and_the_pose_part_still_works()
     assert same_pose.copy > 0.8 and other_pose.copy == 0.0
     without_landmarks = likeness_and_copy(close, ref[None])
     assert without_landmarks.pose_closeness is None and without_landmarks.copy == without_landmarks.identity_copy
+
+
+def test_copy_figures_read_as_one_line_and_bad_shapes_are_named():
+    me, arcface, kps = references()
+    line = describe(likeness_and_copy(arcface[2], arcface, kps[2], kps))
+    assert line.startswith("likeness 0.") and "copy 1.00 (closest reference 3: cosine 1.000" in line
+    assert line.endswith("; pose 1.00)")
+    for face, refs in ((arcface[0][:100], arcface), (arcface[0], np.zeros((0, 512))), (arcface[0], arcface[:, :5])):
+        with pytest.raises(ValueError, match="512-value ArcFace embedding"):
+            likeness_and_copy(face, refs)
 
 
 def test_likeness_is_cosine_to_the_mean_identity():

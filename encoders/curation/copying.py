@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .figures import pairwise_spread, unit_rows
+from .figures import ARCFACE_DIM, pairwise_spread, unit_rows
 
 # The baseline for one reference, which has no pairwise cosine of its own: the median ArcFace cosine of real
 # photos of one person (WithAnyone's MultiID-Bench).
@@ -65,10 +65,12 @@ def likeness_and_copy(face_arcface, ref_arcface, face_kps=None, ref_kps=None) ->
     copy = sqrt(identity_copy * pose_closeness) (identity_copy alone without landmarks), 0..1: high only when
         the face is both unusually close to one reference in identity and in the same pose and expression; 1 for
         the reference itself. High likeness with low copy is the goal."""
+    if np.size(face_arcface) != ARCFACE_DIM or np.size(ref_arcface) == 0 or np.size(ref_arcface) % ARCFACE_DIM:
+        raise ValueError(f"likeness_and_copy needs one {ARCFACE_DIM}-value ArcFace embedding for the face and "
+                         f"[N,{ARCFACE_DIM}] for N >= 1 references; got {np.shape(face_arcface)} and "
+                         f"{np.shape(ref_arcface)}.")
     refs = unit_rows(ref_arcface)
     face = unit_rows(face_arcface)[0]
-    if len(refs) == 0:
-        raise ValueError("likeness_and_copy needs at least one reference ArcFace embedding.")
     mean = refs.mean(axis=0)
     norm = float(np.linalg.norm(mean))
     likeness = float(face @ mean / norm) if norm > 0 else 0.0
@@ -83,6 +85,15 @@ def likeness_and_copy(face_arcface, ref_arcface, face_kps=None, ref_kps=None) ->
         pose = None if distance is None else float(np.clip(1.0 - distance / POSE_TOLERANCE, 0.0, 1.0))
     copy = identity_copy if pose is None else math.sqrt(identity_copy * pose)
     return CopyFigures(likeness, closest, float(cosines[closest]), float(baseline), identity_copy, pose, copy)
+
+
+def describe(figures: CopyFigures) -> str:
+    """One line for Face similarity's report, e.g. 'likeness 0.612, copy 0.05 (closest reference 2: cosine
+    0.512 against the references' 0.460 to each other; pose 0.31)'."""
+    pose = "" if figures.pose_closeness is None else f"; pose {figures.pose_closeness:.2f}"
+    return (f"likeness {figures.likeness:.3f}, copy {figures.copy:.2f} (closest reference {figures.closest + 1}: "
+            f"cosine {figures.closest_cosine:.3f} against the references' {figures.baseline:.3f} to each other"
+            f"{pose})")
 
 
 def rank_best_of_n(likeness: Sequence[float], copy: Sequence[float] | None = None,
