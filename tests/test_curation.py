@@ -303,3 +303,36 @@ def test_the_id_encoder_is_not_batch_invariant_so_curate_before_encoding():
     four = encode_id(encoder, id_cond[:4].clone(), [h[:4].clone() for h in hidden])
     tol = 64 * torch.finfo(torch.float32).eps * four.abs().max().item()
     assert torch.allclose(all_five[:4], four, rtol=0, atol=tol)  # equal within float error, not always bit for bit
+
+
+def figure_sets():
+    """Any set of reference figures: faces or not, any yaw/pitch/size/sharpness/consistency (None for one face)."""
+    maybe = lambda s: st.none() | s  # noqa: E731
+    face = st.builds(dict, face_px=st.floats(0, 2000), yaw=maybe(st.floats(-90, 90)), pitch=st.floats(-90, 90),
+                     sharpness=st.floats(0, 64), consistency=st.floats(-1, 1))
+    return st.lists(st.none() | face, min_size=1, max_size=8)
+
+
+@given(figure_sets(), st.sampled_from(["off", "warn", "drop", "weight"]))
+def test_curation_never_keeps_nothing_silently(items, mode):
+    from encoders.curation.figures import FigureSet, ReferenceFigures
+
+    faces = sum(item is not None for item in items)
+    refs = tuple(ReferenceFigures(i, False, "no face detected") if item is None else ReferenceFigures(
+        i, True, face_count=1, det_score=0.9, **dict(item, consistency=item["consistency"] if faces > 1 else None))
+        for i, item in enumerate(items))
+    figs = FigureSet(refs, None, None, np.zeros((0, ARCFACE_DIM)))
+    try:
+        kept = curate(figs, mode)
+    except CurationError as error:
+        assert mode in ("drop", "weight") and faces and sorted(error.why) == list(range(len(items)))  # each says why
+        return
+    found = {r.index for r in refs if r.face_found}
+    assert set(kept.kept) <= found and (kept.kept or not found)
+    assert set(kept.kept).isdisjoint(kept.dropped) and set(kept.kept) | set(kept.dropped) == set(range(len(items)))
+    if mode in ("off", "warn"):
+        assert set(kept.kept) == found and kept.weights is None
+    if mode == "weight" and kept.kept:
+        assert sum(kept.weights) == pytest.approx(1.0) and min(kept.weights) > 0
+    if mode == "drop":
+        assert all(verdict(refs[i]) == CONSISTENT for i in kept.kept)
