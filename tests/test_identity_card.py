@@ -100,6 +100,10 @@ def test_a_card_is_an_ordinary_png_showing_the_preview():
     picture = Image.open(io.BytesIO(png))
     assert picture.format == "PNG" and picture.mode == "RGB" and picture.size == (256, 2 * 128)
     assert np.array_equal(np.asarray(picture), identity.preview.reshape(-1, 256, 3).numpy())
+    import cv2  # libpng, as most other programs read PNGs
+
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(decoded[..., ::-1], identity.preview.reshape(-1, 256, 3).numpy())
     assert fp in picture.info["Description"] and "Load identity card" in picture.info["Description"]
     assert [c[0] for c in picture.private_chunks] == [b"puLi"]  # PIL keeps it on load
     kinds = [k for _, k, _ in chunks(png)]
