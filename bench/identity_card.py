@@ -7,7 +7,8 @@ Full-size identity of the real shapes (ID and uncond tokens [1,32,2048] float32,
 network outputs, i.e. hardly), the preview from a real face photo (scikit-image astronaut, and its mirror image).
 "load" = bytes on disk -> validated Identity: the file with load_identity, the card with read_card_file +
 read_identity_bytes (no temporary file); "file bytes -> Identity" reads the file's bytes and uses read_identity_bytes
-too, so "load card" minus it is the card's own cost (PNG walk, CRC, inflate). Files are in the page cache (warm), median of interleaved repeats."""
+too, so "load card" minus it is the card's own cost (PNG walk, CRC, inflate). Files are in the page cache (warm),
+median of interleaved repeats."""
 import argparse
 import os
 import sys

@@ -39,7 +39,7 @@ CARD_VERSION = 1
 COMPRESSION_ZLIB = 0
 MAX_FINGERPRINT = 128
 MAX_IDENTITY_BYTES = MAX_FILE_BYTES        # never inflate more than an identity file may hold (zip bombs)
-MAX_CARD_BYTES = MAX_IDENTITY_BYTES + 48 * 2**20  # identity + preview picture; load_card_file reads no more
+MAX_CARD_BYTES = MAX_IDENTITY_BYTES + 48 * 2**20  # identity + preview picture; read_card_file reads no more
 _MAX_CHUNK = 2**31 - 1                     # the PNG limit on a chunk's length
 _FIXED = len(CARD_MAGIC) + 3               # magic, version, compression, fingerprint_len
 
@@ -117,21 +117,15 @@ def card_bytes(preview_rgb_uint8, identity_file_bytes: bytes, fingerprint: str =
 # --- reading ----------------------------------------------------------------------------------------------
 def _not_png(name: str, data: bytes) -> IdentityCardError:
     if not data:
-        what = "is empty (0 bytes)"
-    elif len(data) > 8 and data[8:9] == b"{" and 1 < int.from_bytes(data[:8], "little") < len(data):
+        return _error(name, "not_png", "is empty (0 bytes): an interrupted copy or upload?", AGAIN_FIX)
+    if len(data) > 8 and data[8:9] == b"{" and 1 < int.from_bytes(data[:8], "little") < len(data):
         return _error(name, "not_png", "is a .safetensors file (an identity file?), not an identity card.",
-                                 "load identity files with Load identity (models/pulid/identities) or upload them "
-                                 "with POST /pulid_flux/identities; cards are the .png files.")
-    elif data[:3] == b"\xff\xd8\xff":
-        what = "is a JPEG picture"
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        what = "is a WebP picture"
-    elif data[:4] in (b"GIF8",):
-        what = "is a GIF picture"
-    else:
-        what = "is not a PNG file"
-    return _error(name, "not_png", f"{what}; only the PNG identity cards carry an identity (a converted "
-                                              f"copy has lost it).", CARD_FIX)
+                      "load identity files with Load identity (models/pulid/identities) or upload them with "
+                      "POST /pulid_flux/identities; cards are the .png files.")
+    kinds = {b"\xff\xd8\xff": "a JPEG picture", b"RIFF": "a WebP picture", b"GIF8": "a GIF picture"}
+    what = next((f"is {kind}" for magic, kind in kinds.items() if data.startswith(magic)), "is not a PNG file")
+    return _error(name, "not_png", f"{what}; only the PNG identity cards carry an identity (a converted copy has lost "
+                  f"it).", CARD_FIX)
 
 
 def _read_payload(name: str, payload: bytes) -> CardContents:
@@ -140,12 +134,12 @@ def _read_payload(name: str, payload: bytes) -> CardContents:
 
     if len(payload) < _FIXED or not payload.startswith(CARD_MAGIC):
         raise _error(name, "no_identity", f"its `{CARD_CHUNK.decode()}` chunk is not a PuLID-Flux identity "
-                                                     f"(another program's private chunk).", CARD_FIX)
+                     f"(another program's private chunk).", CARD_FIX)
     version, method, fp_len = payload[len(CARD_MAGIC):_FIXED]
     if version > CARD_VERSION:
         raise _error(name, "newer_version", f"made by a newer pack (card format {version}; this pack reads "
-                                                       f"up to {CARD_VERSION}).",
-                                "update ComfyUI-PuLID-Flux on this server, or load the .safetensors identity file.")
+                     f"up to {CARD_VERSION}).",
+                     "update ComfyUI-PuLID-Flux on this server, or load the .safetensors identity file.")
     if version < 1 or method != COMPRESSION_ZLIB or fp_len > MAX_FINGERPRINT or len(payload) < _FIXED + fp_len + 4:
         raise damaged(f"version {version}, compression {method}, fingerprint length {fp_len}, {len(payload)} bytes")
     try:
@@ -155,8 +149,8 @@ def _read_payload(name: str, payload: bytes) -> CardContents:
     (size,) = struct.unpack(">I", payload[_FIXED + fp_len:_FIXED + fp_len + 4])
     if not 8 < size <= MAX_IDENTITY_BYTES:
         raise _error(name, "too_large" if size > MAX_IDENTITY_BYTES else "damaged",
-                                f"the identity chunk declares an identity of {size:,} bytes; identities are 9 to "
-                                f"{MAX_IDENTITY_BYTES:,} bytes.", AGAIN_FIX)
+                     f"the identity chunk declares an identity of {size:,} bytes; identities are 9 to "
+                     f"{MAX_IDENTITY_BYTES:,} bytes.", AGAIN_FIX)
     inflater = zlib.decompressobj()
     try:  # bounded: never more than the declared size (+1 to see overruns), itself capped above
         identity = inflater.decompress(payload[_FIXED + fp_len + 4:], size + 1)
@@ -186,30 +180,28 @@ def read_card(data: bytes, name: str) -> CardContents:
             break
         if pos + 8 > len(data):
             raise _error(name, "truncated", f"the PNG is cut short at byte {len(data):,}, inside a chunk "
-                                                       f"header, before any identity chunk.", AGAIN_FIX)
+                         f"header, before any identity chunk.", AGAIN_FIX)
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
         if not kind.isalpha() or length > _MAX_CHUNK or (not seen and kind != b"IHDR"):
             raise _error(name, "damaged", f"the PNG is damaged at byte {pos:,} (chunk {kind!r}, declared "
-                                                     f"length {length:,}) before any identity chunk.", AGAIN_FIX)
+                         f"length {length:,}) before any identity chunk.", AGAIN_FIX)
         end = pos + 12 + length
         if end > len(data):
             where = "the identity chunk" if kind == CARD_CHUNK else f"chunk {kind.decode()}"
             raise _error(name, "truncated", f"the file is cut short: {where} at byte {pos:,} declares "
-                                                       f"{length:,} bytes, only {len(data) - pos - 12:,} follow.",
-                                    AGAIN_FIX)
+                         f"{length:,} bytes, only {len(data) - pos - 12:,} follow.", AGAIN_FIX)
         if kind == CARD_CHUNK:
             body = data[pos + 4:end - 4]
             if zlib.crc32(body) != struct.unpack(">I", data[end - 4:end])[0]:
                 raise _error(name, "damaged", "the identity chunk is damaged (its CRC does not match).",
-                                        AGAIN_FIX)
+                             AGAIN_FIX)
             return _read_payload(name, body[4:])
         seen.append(kind)
         pos = end
     cut = "" if seen[-1] == b"IEND" else " The file also ends without IEND: it may be cut short."
     raise _error(name, "no_identity", "is a PNG picture with no PuLID-Flux identity inside: a screenshot "
-                                                 "or an ordinary image, or a card re-saved by a program that drops "
-                                                 f"unknown PNG chunks (image editors, chat apps, Save Image).{cut}",
-                            CARD_FIX)
+                 "or an ordinary image, or a card re-saved by a program that drops "
+                 f"unknown PNG chunks (image editors, chat apps, Save Image).{cut}", CARD_FIX)
 
 
 def identity_bytes_from_card(data: bytes, name: str) -> bytes:
@@ -229,11 +221,11 @@ def read_card_file(path: str) -> CardContents:
         size = os.path.getsize(path)
         if size > MAX_CARD_BYTES:
             raise _error(name, "too_large", f"is {size:,} bytes; identity cards are at most "
-                                                       f"{MAX_CARD_BYTES:,}.", CARD_FIX)
+                         f"{MAX_CARD_BYTES:,}.", CARD_FIX)
         with open(path, "rb") as f:
             data = f.read(MAX_CARD_BYTES + 1)
     except OSError as e:
         raise _error(name, "not_found" if isinstance(e, FileNotFoundError) else "unreadable",
-                                f"cannot be read ({e.strerror or e}).",
-                                "check the file name; upload the card to this server's input folder.") from None
+                     f"cannot be read ({e.strerror or e}).",
+                     "check the file name; upload the card to this server's input folder.") from None
     return read_card(data, name)

@@ -37,7 +37,8 @@ def tiny_identity_bytes(seed=0, tokens=2, width=8):
                "uncond_tokens": torch.randn(1, tokens, width, generator=g),
                "arcface": torch.nn.functional.normalize(torch.randn(1, 512, generator=g), dim=-1),
                "preview": torch.randint(0, 256, (1, 4, 8, 3), generator=g, dtype=torch.uint8)}
-    meta = {"format": ident.FORMAT_NAME, "format_version": "1", "fusion": "mean", "created": "2026-12-03T00:00:00+00:00"}
+    meta = {"format": ident.FORMAT_NAME, "format_version": "1", "fusion": "mean",
+            "created": "2026-12-03T00:00:00+00:00"}
     return tensors["preview"], save(tensors, metadata=meta)
 
 
@@ -164,7 +165,6 @@ def test_a_card_re_saved_by_a_program_that_drops_chunks_says_to_use_the_original
 
 
 @pytest.mark.parametrize("data, fragment", [
-    (b"", "is empty (0 bytes)"),
     (b"hello world", "is not a PNG file"),
     (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "is a JPEG picture"),
     (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "is a WebP picture"),
@@ -173,6 +173,11 @@ def test_a_card_re_saved_by_a_program_that_drops_chunks_says_to_use_the_original
 def test_other_files_are_named_for_what_they_are(data, fragment):
     reason, text = reason_of(data)
     assert reason == "not_png" and fragment in text and "only the PNG identity cards carry an identity" in text
+
+
+def test_an_empty_file_says_so():
+    reason, text = reason_of(b"")
+    assert reason == "not_png" and "is empty (0 bytes): an interrupted copy or upload?" in text and "again" in text
 
 
 def test_an_identity_file_given_as_a_card_points_to_load_identity():
@@ -203,7 +208,8 @@ def test_damaged_chunks_are_told_apart():
         "method": (with_identity_chunk(TINY_CARD, payload(method=7)), "damaged", "compression 7"),
         "version 0": (with_identity_chunk(TINY_CARD, payload(version=0)), "damaged", "version 0"),
         "fingerprint": (with_identity_chunk(TINY_CARD, payload(fp=b"\xff\xfe")), "damaged", "not ASCII"),
-        "short": (with_identity_chunk(TINY_CARD, card.CARD_MAGIC + b"\x01\x00\x05ab"), "damaged", "fingerprint length 5"),
+        "short": (with_identity_chunk(TINY_CARD, card.CARD_MAGIC + b"\x01\x00\x05ab"), "damaged",
+                  "fingerprint length 5"),
         "newer": (with_identity_chunk(TINY_CARD, payload(version=2, method=9)), "newer_version",
                   "made by a newer pack (card format 2; this pack reads up to 1)"),
         "foreign": (with_identity_chunk(TINY_CARD, b"some other program's data"), "no_identity",

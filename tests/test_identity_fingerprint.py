@@ -127,8 +127,9 @@ def test_canonical_bytes_are_the_same_in_another_process():
     assert len(runs) == 1 and len(runs.pop()) == 64
 
 
-@pytest.mark.parametrize("data", [b"", b"\x01" * 7, (100).to_bytes(8, "little") + b"{}", (2).to_bytes(8, "little")
-                                  + b"[]", (2).to_bytes(8, "little") + b"\xff\xfe", (4).to_bytes(8, "little") + b"{x:1"])
+@pytest.mark.parametrize("data", [b"", b"\x01" * 7, (100).to_bytes(8, "little") + b"{}",
+                                  (2).to_bytes(8, "little") + b"[]", (2).to_bytes(8, "little") + b"\xff\xfe",
+                                  (4).to_bytes(8, "little") + b"{x:1"])
 def test_canonical_bytes_refuse_what_is_not_safetensors(data):
     with pytest.raises(ValueError, match="not a safetensors file"):
         canonical_safetensors(data)
