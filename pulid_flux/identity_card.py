@@ -53,8 +53,16 @@ class IdentityCardError(IdentityFileError):
     message names the file, says what is wrong and what to do. `reason` is one of REASONS."""
 
     def __init__(self, message: str, *, name: str = "", reason: str = ""):
-        super().__init__(message)
+        ValueError.__init__(self, message)  # the message is complete: not the 'NAME: problem / Fix' of a file path
+        self.path, self.problem, self.fix = name, message, ""
         self.name, self.reason = name, reason
+
+    def __reduce__(self):  # keep name and reason across pickling (ComfyUI sends errors between processes)
+        return _rebuild_card_error, (str(self), self.name, self.reason)
+
+
+def _rebuild_card_error(message: str, name: str, reason: str) -> "IdentityCardError":
+    return IdentityCardError(message, name=name, reason=reason)
 
 
 REASONS = ("not_png", "no_identity", "damaged", "truncated", "newer_version", "too_large", "not_found", "unreadable")

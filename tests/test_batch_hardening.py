@@ -119,18 +119,6 @@ def test_an_unwritable_out_folder_exits_2_with_the_reason(fake, tmp_path, face, 
     assert fake.prompts == []
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_out_folder_exits_2(fake, tmp_path, face, prompts, capsys):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        assert batch([fake.url], face, prompts, ro) == 2
-    finally:
-        ro.chmod(0o700)
-    one_clear_line(capsys.readouterr().err, str(ro))
-
-
 def test_out_unwritable_mid_run_stops_at_once_with_the_real_error_and_resumes(tmp_path, face, capsys):
     out, moved = tmp_path / "out", tmp_path / "moved"
 
