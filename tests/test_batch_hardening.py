@@ -12,24 +12,7 @@ import pytest
 from aio_fake_comfy import DROPPED_SAVE_IMAGE, FakeComfy, hung_server
 from pulid_tools.__main__ import main
 from pulid_tools.batch import summary
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASIC = os.path.join(REPO, "examples", "api", "pulid_flux_basic.json")
-PNG = b"\x89PNG\r\n\x1a\nface"
-
-
-@pytest.fixture
-def fake():
-    server = FakeComfy()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def face(tmp_path):
-    path = tmp_path / "me.png"
-    path.write_bytes(PNG)
-    return str(path)
+from test_batch import BASIC, PNG, face, fake  # noqa: F401 - the stand-in server and photo fixtures, shared
 
 
 @pytest.fixture
