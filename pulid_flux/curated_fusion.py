@@ -51,5 +51,12 @@ class IdTokenMaker:
     def encode(self, id_cond: torch.Tensor, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         return encode_id(self.encoder, id_cond, hidden_states)
 
+    def uncond(self, eva_tokens: int) -> torch.Tensor:
+        """The uncond ID tokens of official true CFG: the encoder on zeros shaped like one face's inputs (the ID
+        condition, and num_scales EVA hidden states of `eva_tokens` tokens). Not zero; [1,Q,D] in its dtype."""
+        cfg = self.encoder.cfg
+        return encode_id(self.encoder, torch.zeros(1, cfg.id_cond_dim),
+                         [torch.zeros(1, eva_tokens, cfg.vit_dim)] * cfg.num_scales)
+
     def fuse(self, tokens: torch.Tensor, fusion: str = "mean", weights: Sequence[float] | None = None) -> torch.Tensor:
         return fuse_curated(tokens, fusion, None, weights)

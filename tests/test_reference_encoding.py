@@ -192,3 +192,10 @@ def test_progress_counts_photos_then_the_batches_of_kept_faces(encoders, id_enco
                       progress=lambda done, total: calls.append((done, total)))
     # while locating, every photo still to come might be a face (5 photos -> 3 batches of 2); 3 kept -> 2 batches
     assert calls == [(1, 8), (2, 8), (3, 8), (4, 7), (5, 7), (6, 7), (7, 7)]
+
+
+def test_uncond_tokens_are_the_encoder_on_zeros_of_one_face(id_encoder):
+    from pulid_flux import encode_uncond_id
+
+    id_cond, hidden = torch.randn(3, 1280), [torch.randn(3, 577, TINY.vit_dim) for _ in range(TINY.num_scales)]
+    assert torch.equal(IdTokenMaker(id_encoder).uncond(577), encode_uncond_id(id_encoder, id_cond, hidden))
