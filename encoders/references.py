@@ -77,7 +77,7 @@ class ReferenceEncoding:
     preview: torch.Tensor  # IMAGE [K,512,1024,3] 0..1: aligned face | what EVA-CLIP saw, one row per photo used
     used: list[int]  # photo indices (batch order) whose tokens made the identity
     skipped: dict[int, str]  # photo index -> why it was not used (no face; left out by curation)
-    arcface: torch.Tensor  # [K,512] raw ArcFace of each photo used
+    arcface: torch.Tensor | None = None  # [K,512] raw ArcFace of each photo used
     report: dict | None = None  # the curation report (encoders/curation/report.py); None with curate 'off'
     annotated_preview: torch.Tensor | None = field(default=None, repr=False)  # one row per photo, with verdicts
 
