@@ -8,7 +8,8 @@ identity metadata (METADATA_KEY), render_table(report) and annotate_previews(pre
 from .copying import CopyFigures, describe, landmark_distance, likeness_and_copy, rank_best_of_n
 from .figures import FigureSet, ReferenceFigures, head_pose, measure_references, sharpness
 from .preview import annotate_previews, annotate_reference
-from .report import METADATA_KEY, REPORT_FORMAT, REPORT_VERSION, build_report, parse_report, render_table
+from .report import (METADATA_KEY, REPORT_FORMAT, REPORT_VERSION, build_report, parse_report, problem_lines,
+                     render_table)
 from .selection import (CURATE_MODES, THRESHOLD_INPUTS, VERDICTS, Curation, CurationError, Thresholds, curate,
                         problems, verdict)
 
@@ -16,5 +17,5 @@ __all__ = [
     "CURATE_MODES", "METADATA_KEY", "REPORT_FORMAT", "REPORT_VERSION", "THRESHOLD_INPUTS", "VERDICTS", "CopyFigures",
     "Curation", "CurationError", "FigureSet", "ReferenceFigures", "Thresholds", "annotate_previews",
     "annotate_reference", "build_report", "curate", "describe", "head_pose", "landmark_distance", "likeness_and_copy",
-    "measure_references", "parse_report", "problems", "rank_best_of_n", "render_table", "sharpness", "verdict",
+    "measure_references", "parse_report", "problem_lines", "problems", "rank_best_of_n", "render_table", "sharpness", "verdict",
 ]
