@@ -22,7 +22,7 @@ import torch
 from .curation.figures import measure_references
 from .curation.preview import annotate_previews
 from .curation.report import build_report
-from .curation.selection import CURATE_MODES, Curation, Thresholds, curate
+from .curation.selection import CURATE_MODES, Curation, CurationError, Thresholds, curate
 from .faces import FACE_ORDERS
 from .pipeline import FaceEncoders, FaceResult, Located, NoFace
 
@@ -61,12 +61,13 @@ class ReferenceSettings:
 
 
 class NoUsableFace(ValueError):
-    """No reference photo has a usable face. skipped: photo index -> why; summary: one sentence naming each."""
+    """No reference photo has a usable face. skipped: photo index -> why; summary: one sentence naming each; the
+    message adds the caller's advice (which inputs or flags to change)."""
 
-    def __init__(self, skipped: dict[int, str]):
+    def __init__(self, skipped: dict[int, str], advice: str = ""):
         lines = "; ".join(f"image {i + 1}: {why}" for i, why in skipped.items())
         self.summary = f"PuLID-Flux found no usable face in any reference image ({lines})."
-        super().__init__(self.summary)
+        super().__init__(f"{self.summary} {advice}".strip())
         self.skipped = skipped
 
 
@@ -111,14 +112,27 @@ class LocatedReferences:
 def locate_references(face_encoders: FaceEncoders, images, settings: ReferenceSettings = ReferenceSettings(),
                       report: bool = False, progress: Callable[[int, int], None] | None = None) -> LocatedReferences:
     """Find the face of every photo and curate (figures, verdicts, report) without running BiSeNet, EVA-CLIP or
-    the ID encoder: all a report needs (`python -m pulid_tools identity --report` loads only antelopev2).
-    Raises CurationError when curation would leave no photo (drop/weight)."""
+    the ID encoder. Raises CurationError when curation would leave no photo (drop/weight)."""
     found = face_encoders.locate_all(images, settings.face_order, settings.face_index, settings.batch_size, progress)
     if settings.curate == "off" and not report:
         return LocatedReferences(found, None, None)
     figures = measure_references(found)
     chosen = curate(figures, settings.curate, settings.thresholds)
     return LocatedReferences(found, chosen, build_report(figures, chosen, settings.thresholds))
+
+
+def report_references(face_encoders: FaceEncoders, images,
+                      settings: ReferenceSettings = ReferenceSettings()) -> tuple[dict, CurationError | None]:
+    """The curation report alone (`python -m pulid_tools identity --report`: only antelopev2 is needed, for
+    detection and ArcFace). When curation leaves no photo, the report still says why for each (all left out),
+    with the error beside it."""
+    found = face_encoders.locate_all(images, settings.face_order, settings.face_index)
+    figures = measure_references(found)
+    try:
+        return build_report(figures, curate(figures, settings.curate, settings.thresholds), settings.thresholds), None
+    except CurationError as error:
+        nothing = Curation(settings.curate, (), None, error.why)
+        return build_report(figures, nothing, settings.thresholds), error
 
 
 def encode_references(face_encoders: FaceEncoders, id_tokens: IdTokenMakerLike, images,

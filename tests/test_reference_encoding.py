@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import curation_fixtures as fx
+from support import curation_fixtures as fx
 from encoders import FaceEncoders, NoFace
 from encoders.curation.preview import DROPPED_RGB, KEPT_RGB
 from encoders.curation.report import METADATA_KEY, parse_report, render_table

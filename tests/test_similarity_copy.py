@@ -4,7 +4,7 @@ unless a copy penalty is asked for."""
 import numpy as np
 import pytest
 
-import curation_fixtures as fx
+from support import curation_fixtures as fx
 from encoders import similarity
 from encoders.curation.copying import rank_best_of_n
 
