@@ -13,7 +13,8 @@ from encoders.curation.preview import DROPPED_RGB, KEPT_RGB
 from encoders.curation.report import METADATA_KEY, parse_report, render_table
 from encoders.curation.selection import OTHER_PERSON, CurationError, Thresholds
 from encoders.pipeline import Located
-from encoders.references import (NoUsableFace, ReferenceSettings, encode_references, locate_references)
+from encoders.references import (NoUsableFace, ReferenceSettings, encode_references, locate_references,
+                                 report_references)
 from pulid_flux import FUSION_MODES, TINY, IDFormer, encode_id, fuse_id_tokens
 from pulid_flux.curated_fusion import IdTokenMaker
 
@@ -179,10 +180,20 @@ def test_report_without_the_embedding_models(encoders):
     """What `pulid_tools identity --report` needs: antelopev2 only, no BiSeNet, EVA-CLIP or ID encoder."""
     chosen = one_person_and_a_stranger(encoders)
     faces_only = ChosenArcFace(FaceEncoders(encoders.face_analysis, None, None), chosen.vectors)
-    located = locate_references(faces_only, photos(), ReferenceSettings(), report=True)
-    assert located.report["summary"]["mode"] == "off" and located.report["summary"]["kept"] == [0, 1, 2, 4]
-    refs = located.report["references"]
+    report, error = report_references(faces_only, photos())
+    assert error is None and report["summary"]["mode"] == "off" and report["summary"]["kept"] == [0, 1, 2, 4]
+    refs = report["references"]
     assert refs[2]["verdict"] == OTHER_PERSON and refs[0]["verdict"] == "consistent" and not refs[3]["face_found"]
+    located = locate_references(faces_only, photos(), ReferenceSettings(curate="drop"))
+    assert [item.index for item in located.kept] == [0, 1, 4] and located.report["summary"]["kept"] == [0, 1, 4]
+
+
+def test_report_of_a_curation_that_leaves_nothing_says_why_for_each(encoders):
+    strict = ReferenceSettings(curate="drop", thresholds=Thresholds(min_face_px=4000))
+    report, error = report_references(FaceEncoders(encoders.face_analysis, None, None), photos()[:2], strict)
+    assert isinstance(error, CurationError) and report["summary"]["kept"] == []
+    assert [r["kept"] for r in report["references"]] == [False, False]
+    assert all(r["problems"][0].startswith("face too small") for r in report["references"])
 
 
 def test_progress_counts_photos_then_the_batches_of_kept_faces(encoders, id_encoder):
