@@ -117,7 +117,7 @@ def reference_landmarks(identity: Identity):
     metadata; None when the file has no (readable) report or it does not match the ArcFace rows (older files,
     blends): the copy score then has no pose part."""
     report, _ = parse_report(identity.meta.get(METADATA_KEY))
-    if report is None:
+    if report is None or "blend" in identity.meta:  # a blend keeps A's metadata, not its own photos' landmarks
         return None
     kps = [ref["kps"] for ref in report["references"] if ref["kept"]]
     if not kps or any(k is None for k in kps) or len(kps) != identity.arcface.shape[0]:
