@@ -79,7 +79,7 @@ class ReferenceEncoding:
     used: list[int]  # photo indices (batch order) whose tokens made the identity
     skipped: dict[int, str]  # photo index -> why it was not used (no face; left out by curation)
     arcface: torch.Tensor | None = None  # [K,512] raw ArcFace of each photo used
-    report: dict | None = None  # the curation report (encoders/curation/report.py); None with curate 'off'
+    report: dict | None = None  # the curation report (curation/report.py); None: curate 'off', none asked for
     annotated_preview: torch.Tensor | None = field(default=None, repr=False)  # one row per photo, with verdicts
 
     @property
