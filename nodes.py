@@ -71,21 +71,24 @@ class ApplyPulidFlux:
                 "on_no_face": (list(ON_NO_FACE), {"default": "error", "tooltip": "When no reference image has a "
                                "usable face: stop with an error, or pass the model through unchanged (a warning "
                                "is logged)."}),
+                **I.curation_options(),
             },
         }
 
     RETURN_TYPES = ("MODEL", "IMAGE")
     RETURN_NAMES = ("MODEL", "face_preview")
     OUTPUT_TOOLTIPS = ("The model with the identity patched in (a clone).",
-                       "Aligned face | the face EVA-CLIP saw, for each reference used.")
+                       "Aligned face | the face EVA-CLIP saw, for each reference used; with curate on, every photo "
+                       "with its verdict and figures (dropped ones framed red).")
     FUNCTION = "apply_pulid_flux"
     CATEGORY = CATEGORY
 
     def apply_pulid_flux(self, model, pulid_flux, eva_clip, face_analysis, image, weight, start_at, end_at,
                          attn_mask=None, fusion="mean", face_order="largest", face_index=0, use_gray=True,
-                         uncond="same", on_no_face="error"):
+                         uncond="same", on_no_face="error", **curation):
         return patching.apply_photos(model, pulid_flux, eva_clip, face_analysis, image, weight, start_at, end_at,
-                                     attn_mask, fusion, face_order, face_index, use_gray, uncond, on_no_face)
+                                     attn_mask, fusion, face_order, face_index, use_gray, uncond, on_no_face,
+                                     *I.curation_choice(**curation))
 
 
 class PulidFluxEncodeIdentity:
@@ -93,21 +96,23 @@ class PulidFluxEncodeIdentity:
     def INPUT_TYPES(cls):
         return {"required": {"pulid_flux": I.PULID_FLUX, "eva_clip": I.EVA_CLIP, "face_analysis": I.FACE_ANALYSIS,
                              "image": I.PHOTOS},
-                "optional": I.encoding_options()}
+                "optional": {**I.encoding_options(), **I.curation_options()}}
 
     RETURN_TYPES = (I.IDENTITY, "IMAGE")
     RETURN_NAMES = ("identity", "face_preview")
-    OUTPUT_TOOLTIPS = ("The person's ID tokens, ArcFace vectors and preview: save it, blend it or apply it.",
-                       "Aligned face | the face EVA-CLIP saw, for each photo used.")
+    OUTPUT_TOOLTIPS = ("The person's ID tokens, ArcFace vectors and preview (and every photo's figures in its "
+                       "metadata): save it, blend it or apply it.",
+                       "Aligned face | the face EVA-CLIP saw, for each photo used; with curate on, every photo "
+                       "with its verdict and figures (dropped ones framed red).")
     FUNCTION = "encode"
     CATEGORY = CATEGORY
     DESCRIPTION = "Encode a person once from photos; Apply identity then needs neither EVA-CLIP nor InsightFace."
 
     def encode(self, pulid_flux, eva_clip, face_analysis, image, fusion="mean", face_order="largest", face_index=0,
-               use_gray=True):
+               use_gray=True, **curation):
         identity, emb = identities.encode_identity(pulid_flux, eva_clip, face_analysis, image, fusion, face_order,
-                                                   face_index, use_gray)
-        return (identity, emb.preview)
+                                                   face_index, use_gray, *I.curation_choice(**curation))
+        return (identity, emb.face_preview)
 
 
 class PulidFluxApplyIdentity:
@@ -200,23 +205,30 @@ class PulidFluxFaceSimilarity:
                 "identity": (I.IDENTITY, {"tooltip": "Compare with this identity's ArcFace (the mean of its photos)."}),
                 "reference": ("IMAGE", {"tooltip": "Or compare with the largest face of these photos (used when "
                                                    "no identity is connected)."}),
+                "copy_penalty": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
+                                 "Best-of-N: rank by similarity - copy_penalty x copy_score. 0 ranks by similarity "
+                                 "alone (as before); about 0.5 prefers a likeness that does not copy one photo."}),
             },
         }
 
-    RETURN_TYPES = ("FLOAT", "STRING", "INT", "IMAGE", "IMAGE")
-    RETURN_NAMES = ("similarity", "report", "best_index", "best_image", "annotated")
-    OUTPUT_IS_LIST = (True, False, False, False, False)
+    RETURN_TYPES = ("FLOAT", "STRING", "INT", "IMAGE", "IMAGE", "FLOAT")
+    RETURN_NAMES = ("similarity", "report", "best_index", "best_image", "annotated", "copy_score")
+    OUTPUT_IS_LIST = (True, False, False, False, False, True)
     OUTPUT_TOOLTIPS = ("ArcFace cosine similarity per image (1 = same face; 0 when no face was found), a list.",
-                       "The scores as text, one line per image.",
-                       "Index in the batch of the most similar image.",
-                       "The most similar image.",
-                       "Every image with its face boxes and scores drawn (best face green).")
+                       "The scores as text, one line per image, with each image's copy score.",
+                       "Index in the batch of the best image (the most similar, less copy_penalty x copy_score).",
+                       "The best image.",
+                       "Every image with its face boxes and scores drawn (best face green).",
+                       "Copy score per image, a list, 0..1: how much the face copies the closest single reference "
+                       "photo (identity and pose) beyond how alike the references are to each other. 0 = no closer "
+                       "than another photo of the person, 1 = the reference itself; high similarity with a low "
+                       "copy score is the goal. 0 when no face was found.")
     OUTPUT_NODE = True
     FUNCTION = "score"
     CATEGORY = CATEGORY
 
-    def score(self, face_analysis, images, identity=None, reference=None):
-        return identities.face_similarity_node(face_analysis, images, identity, reference)
+    def score(self, face_analysis, images, identity=None, reference=None, copy_penalty=0.0):
+        return identities.face_similarity_node(face_analysis, images, identity, reference, copy_penalty)
 
 
 NODES = {  # class name (saved in workflows) -> (class, display name)

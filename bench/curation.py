@@ -11,7 +11,10 @@ photos, measured side by side in one run, interleaved, median of --repeats:
   PuLID-Flux runs on a cold cache;
 - curation: measure_references + curate('drop') + build_report + json.dumps + render_table + annotate_previews on
   the preview rows the encoders' crops make; the ratio curation / encode is the figure (issue 17: under 5 %);
-- copy: likeness_and_copy of one generated face against the references (Face similarity's extra cost per image)."""
+- copy: likeness_and_copy of one generated face against the references (Face similarity's extra cost per image);
+- one path off / warn: encoders.references.encode_references, the product's encode path, with curate 'off' (no
+  report: nothing measured) and 'warn' (figures, report and annotated preview, every photo still encoded); their
+  difference is curation's cost inside the product, but at this size it sits within the encode's own noise."""
 from __future__ import annotations
 
 import argparse
@@ -38,7 +41,9 @@ from encoders.curation.preview import annotate_previews  # noqa: E402
 from encoders.curation.report import build_report, render_table  # noqa: E402
 from encoders.curation.selection import CurationError, curate  # noqa: E402
 from encoders.eva import eva_from_state_dict  # noqa: E402
+from encoders.references import ReferenceSettings, encode_references  # noqa: E402
 from pulid_flux import PulidFlux, encode_id  # noqa: E402
+from pulid_flux.curated_fusion import IdTokenMaker  # noqa: E402
 from support import encoder_fakes as fakes  # noqa: E402
 
 
@@ -57,6 +62,12 @@ def encode(encoders: FaceEncoders, id_encoder, batch) -> list:
     encode_id(id_encoder, torch.cat([r.id_cond for r in ok]),
               [torch.cat([r.hidden_states[s] for r in ok]) for s in range(len(ok[0].hidden_states))])
     return results
+
+
+def one_path(encoders: FaceEncoders, id_encoder, batch, curate: str):
+    """The product's encode path (encoders/references.py): 'off' without a report (nothing measured) against 'warn'
+    (figures, report and annotated preview inside, every photo still encoded)."""
+    return encode_references(encoders, IdTokenMaker(id_encoder), batch, ReferenceSettings(curate=curate))
 
 
 def curation(results) -> tuple[str, np.ndarray]:
@@ -84,8 +95,9 @@ def main() -> None:
         images = photos(args.size)
         print(f"\nCuration cost on {machine()}: fp32, torch threads {torch.get_num_threads()}, commit {git_rev()}, "
               f"{args.size}x{args.size} photos, median of {args.repeats}, interleaved\n")
-        print("| photos | encode s | curation ms | curation / encode | copy score per generated face ms |")
-        print("|---|---|---|---|---|")
+        print("| photos | encode s | curation ms | curation / encode | copy score per generated face ms | "
+              "one path off s | one path warn s | warn / off - 1 |")
+        print("|---|---|---|---|---|---|---|---|")
         for n in args.counts:
             batch = torch.cat([images[i % len(images)] for i in range(n)])
             results = encode(encoders, id_encoder, batch)  # warm-up, and the results curation works on
@@ -96,9 +108,12 @@ def main() -> None:
                 "curation": lambda: curation(results),
                 "copy x100": lambda: [likeness_and_copy(arcface[0] + 0.1, arcface, kps[0] + 1.0, kps)
                                       for _ in range(100)],
+                "off": lambda: one_path(encoders, id_encoder, batch, "off"),
+                "warn": lambda: one_path(encoders, id_encoder, batch, "warn"),
             }, args.repeats)
             print(f"| {n} | {times['encode']:.2f} | {times['curation'] * 1000:.1f} | "
-                  f"{times['curation'] / times['encode'] * 100:.2f} % | {times['copy x100'] * 10:.3f} |")
+                  f"{times['curation'] / times['encode'] * 100:.2f} % | {times['copy x100'] * 10:.3f} | "
+                  f"{times['off']:.2f} | {times['warn']:.2f} | {(times['warn'] / times['off'] - 1) * 100:+.2f} % |")
 
 
 if __name__ == "__main__":

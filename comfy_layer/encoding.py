@@ -6,36 +6,25 @@ import hashlib
 import logging
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 import comfy.model_management as mm
 import comfy.utils
 
-from ..encoders import FaceEncoders, NoFace
-from ..pulid_flux import encode_id, fuse_id_tokens
+from ..encoders import FaceEncoders
+from ..encoders.curation.selection import Thresholds
+from ..encoders.references import NoUsableFace, ReferenceEncoding, ReferenceSettings, encode_references
+from ..pulid_flux.curated_fusion import IdTokenMaker
 from ..pulid_flux.inputs import check_images
 from .models import EvaModel, FaceAnalysisModel, PulidModel, face_parser, offload
 
 log = logging.getLogger("PuLID-Flux")
 
 
-@dataclass
-class Embedding:
-    id_tokens: torch.Tensor        # [1,T,2048], fused
-    preview: torch.Tensor          # IMAGE [N,512,1024,3]: aligned | parsed, one row per face used
-    used: list[int]                # indices of the reference images that had a face
-    skipped: dict[int, str]        # index -> why not
-    arcface: torch.Tensor | None = None  # [N,512] raw ArcFace of each used reference (identities keep it)
-
-
+Embedding = ReferenceEncoding  # what embed_references returns (encoders/references.py)
 _cache: OrderedDict[tuple, Embedding] = OrderedDict()
 CACHE_SIZE = 8
-# Faces per BiSeNet/EVA-CLIP batch: all reference images of an ordinary Apply in one pass, while a very large
-# batch of references still cannot hold every EVA activation at once.
-EMBED_BATCH = 16
 
 
 _known_images: dict[int, tuple[weakref.ref, int, str]] = {}
@@ -67,20 +56,29 @@ def _image_key(image: torch.Tensor) -> str:
 
 
 def embed_references(pulid, eva, faces, image, fusion="mean", face_order="largest", face_index=0,
-                     use_gray=True) -> Embedding:
-    """The cached embedding of the reference photos, with a warning for each photo skipped. Raises NoFaceError."""
-    emb = cached_embedding(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
+                     use_gray=True, curate="off", thresholds: Thresholds = Thresholds()) -> Embedding:
+    """The cached embedding of the reference photos, with a warning for each photo skipped and, when curating, for
+    each photo used despite a problem. Raises NoFaceError, CurationError (drop/weight left no photo)."""
+    settings = ReferenceSettings(fusion, face_order, face_index, use_gray, curate, thresholds)
+    emb = cached_embedding(pulid, eva, faces, image, settings)
     for i, why in emb.skipped.items():
         log.warning("PuLID-Flux: reference image %d skipped: %s", i + 1, why)
+    if curate != "off":
+        for ref in emb.report["references"]:
+            if ref["kept"] and ref["problems"]:
+                log.warning("PuLID-Flux: reference image %d used (curate '%s'): %s", ref["index"] + 1, curate,
+                            "; ".join(ref["problems"]))
     return emb
 
 
 def cached_embedding(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel, image: torch.Tensor,
-                     fusion: str, face_order: str, face_index: int, use_gray: bool) -> Embedding:
-    """ID tokens for the reference images; cached, so changing only weight/start/end costs nothing. Raises
-    InputError for an unusable IMAGE (EmptyBatchError for no image at all), NoFaceError when no image has a face."""
+                     settings: ReferenceSettings) -> Embedding:
+    """ID tokens for the reference images (encoders/references.py, the one encode path), with the curation report;
+    cached per photos, models and settings (curation included), so changing only weight/start/end costs nothing.
+    Raises InputError for an unusable IMAGE (EmptyBatchError for no image at all), NoFaceError when no image has
+    a face, CurationError when curation leaves none."""
     check_images(image, "image")
-    key = (id(pulid), id(eva), id(faces), _image_key(image), fusion, face_order, face_index, use_gray)
+    key = (id(pulid), id(eva), id(faces), _image_key(image), settings)
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
@@ -90,21 +88,10 @@ def cached_embedding(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel,
     try:
         encoders = FaceEncoders(faces.analysis, eva.module, parser.model.inner)
         bar = comfy.utils.ProgressBar(image.shape[0] + 1)  # detection per image, then the EVA-CLIP batch
-        results = encoders.encode(image, order=face_order, index=face_index, use_gray=use_gray,
-                                  batch_size=EMBED_BATCH, progress=bar.update_absolute)
-        used = [i for i, r in enumerate(results) if not isinstance(r, NoFace)]
-        skipped = {i: r.reason for i, r in enumerate(results) if isinstance(r, NoFace)}
-        if not used:
-            raise NoFaceError(skipped)
-        ok = [results[i] for i in used]
-        id_cond = torch.cat([r.id_cond for r in ok])
-        hidden = [torch.cat([r.hidden_states[s] for r in ok]) for s in range(len(ok[0].hidden_states))]
-        encoder = pulid.encoder.model.inner
-        tokens = encode_id(encoder, id_cond, hidden)
-        embedding = Embedding(
-            id_tokens=fuse_id_tokens(tokens.float(), fusion).cpu(),
-            preview=torch.stack([torch.from_numpy(np.concatenate([r.aligned, r.parsed], axis=1)) for r in ok]) / 255.0,
-            used=used, skipped=skipped, arcface=id_cond[:, :512].float().cpu())
+        embedding = encode_references(encoders, IdTokenMaker(pulid.encoder.model.inner), image, settings,
+                                      report=True, progress=bar.update_absolute)
+    except NoUsableFace as e:
+        raise NoFaceError(e.skipped) from None
     finally:
         offload(*patchers)
     _cache[key] = embedding
@@ -113,10 +100,7 @@ def cached_embedding(pulid: PulidModel, eva: EvaModel, faces: FaceAnalysisModel,
     return embedding
 
 
-class NoFaceError(ValueError):
+class NoFaceError(NoUsableFace):
     def __init__(self, skipped: dict[int, str]):
-        lines = "; ".join(f"image {i + 1}: {why}" for i, why in skipped.items())
-        self.summary = f"PuLID-Flux found no usable face in any reference image ({lines})."
-        super().__init__(f"{self.summary} Use a photo where the face is clearly visible, check face_order/face_index, "
-                         f"or set on_no_face to 'return model unchanged'.")
-        self.skipped = skipped
+        super().__init__(skipped, "Use a photo where the face is clearly visible, check face_order/face_index, or "
+                                  "set on_no_face to 'return model unchanged'.")

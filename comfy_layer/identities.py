@@ -2,14 +2,19 @@
 identities folder, the fingerprint of the PuLID file behind a loaded model, and Face similarity."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import weakref
 
+import numpy as np
 import torch
 
 import folder_paths
 
+from ..encoders.curation.copying import describe, rank_best_of_n
+from ..encoders.curation.report import METADATA_KEY, parse_report
+from ..encoders.curation.selection import Thresholds
 from ..pulid_flux.identity import (Identity, IdentityFileError, build_identity, file_fingerprint, load_identity,
                                    save_identity, tensors_fingerprint)
 from ..pulid_flux.identity_store import identity_file_name
@@ -32,18 +37,22 @@ def pulid_fingerprint(pulid: PulidModel) -> str:
     return found
 
 
-def encode_identity(pulid, eva, faces, image, fusion="mean", face_order="largest", face_index=0,
-                    use_gray=True) -> tuple[Identity, encoding.Embedding]:
+def encode_identity(pulid, eva, faces, image, fusion="mean", face_order="largest", face_index=0, use_gray=True,
+                    curate="off", thresholds: Thresholds = Thresholds()) -> tuple[Identity, encoding.Embedding]:
     """The reference photos -> an identity (and the embedding with its full-size preview). Uses the embedding
-    cache ApplyPulidFlux uses, so encoding the same photos twice costs nothing. Raises NoFaceError."""
-    emb = encoding.embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
+    cache ApplyPulidFlux uses, so encoding the same photos twice costs nothing. The identity's metadata carries
+    the curation report (METADATA_KEY): every photo's figures and verdict, and which were used. Raises NoFaceError,
+    CurationError."""
+    emb = encoding.embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray, curate,
+                                    thresholds)
     if emb.arcface is None:  # the file format promises unit ArcFace rows; zeros would be refused on load
         raise ValueError("this embedding has no ArcFace vectors, so it cannot become an identity: encode the photos "
                          "again with Encode identity.")
+    report = {} if emb.report is None else {METADATA_KEY: json.dumps(emb.report)}
     identity = build_identity(emb.id_tokens, pulid.uncond_tokens(), emb.arcface, emb.preview,
                               pulid_file=pulid.name, pulid_fingerprint=pulid_fingerprint(pulid), fusion=fusion,
                               face_order=face_order, face_index=face_index, use_gray=use_gray,
-                              references=len(emb.used))
+                              references=len(emb.used), **report)
     return identity, emb
 
 
@@ -71,28 +80,46 @@ def save_to_folder(identity: Identity, name: str, overwrite: bool) -> str:
     return save_identity(identity, os.path.join(save_folder(), file_name), overwrite)
 
 
-def face_similarity_node(faces, images, identity: Identity | None = None, reference=None) -> dict:
+def face_similarity_node(faces, images, identity: Identity | None = None, reference=None,
+                         copy_penalty: float = 0.0) -> dict:
     """Face similarity: each generated image's ArcFace cosine to the identity's mean ArcFace, or to the reference
-    photo(s)' (one of the two must be given); the node's UI message and outputs."""
-    import numpy as np
-
+    photo(s)' (one of the two must be given), its copy score against the closest single reference
+    (encoders/curation/copying.py), and the best image by similarity - copy_penalty * copy score (with no penalty,
+    by similarity alone, as before); the node's UI message and outputs."""
     from ..encoders import similarity
 
     check_images(images, "images")
     notes = []
     if identity is not None:
-        target = identity.mean_arcface()
+        target, refs, ref_kps = identity.mean_arcface(), identity.arcface, reference_landmarks(identity)
     elif reference is not None:
         check_images(reference, "reference")
-        rows, notes = similarity.reference_embedding(faces.analysis, reference)
-        target = torch.nn.functional.normalize(rows.mean(0), dim=0)
+        refs, ref_kps, notes = similarity.reference_faces(faces.analysis, reference)
+        target = torch.nn.functional.normalize(refs.mean(0), dim=0)
     else:
         raise ValueError("Face similarity needs an identity or a reference image: connect one of them.")
     scores = similarity.score_images(faces.analysis, images, target)
-    text = "\n".join(notes + [similarity.report(scores)])
-    best = max(range(len(scores)), key=lambda i: scores[i].score)
+    copies = similarity.copy_scores(scores, refs, ref_kps)
+    values = [float(s.score) for s in scores]
+    copy_values = [0.0 if c is None else float(c.copy) for c in copies]
+    best = rank_best_of_n(values, copy_values, copy_penalty)[0]
+    lines = [f"image {i + 1}: {describe(c)}" for i, c in enumerate(copies) if c is not None]
+    ranking = (f"best by similarity - {copy_penalty:g} x copy_score: image {best + 1}" if copy_penalty else "")
+    text = "\n".join(notes + [similarity.report(scores)] + lines + ([ranking] if ranking else []))
     rgb = (images.detach().cpu().float().clamp(0, 1)[..., :3] * 255).round().to(torch.uint8).numpy()
     annotated = torch.from_numpy(np.stack([similarity.annotate(rgb[i], s) for i, s in enumerate(scores)])) / 255.0
-    values = [float(s.score) for s in scores]
-    return {"ui": {"pulid_similarity": values, "text": [text]},
-            "result": (values, text, best, images[best:best + 1].clone(), annotated.float())}
+    return {"ui": {"pulid_similarity": values, "pulid_copy_score": copy_values, "text": [text]},
+            "result": (values, text, best, images[best:best + 1].clone(), annotated.float(), copy_values)}
+
+
+def reference_landmarks(identity: Identity):
+    """The five landmarks [N,5,2] of the photos an identity was made from, from the curation report in its
+    metadata; None when the file has no (readable) report or it does not match the ArcFace rows (older files,
+    blends): the copy score then has no pose part."""
+    report, _ = parse_report(identity.meta.get(METADATA_KEY))
+    if report is None or "blend" in identity.meta:  # a blend keeps A's metadata, not its own photos' landmarks
+        return None
+    kps = [ref["kps"] for ref in report["references"] if ref["kept"]]
+    if not kps or any(k is None for k in kps) or len(kps) != identity.arcface.shape[0]:
+        return None
+    return np.asarray(kps, np.float64)

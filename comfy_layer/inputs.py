@@ -4,6 +4,7 @@ nodes list these in their historical order, and inputs added later come after en
 from __future__ import annotations
 
 from ..encoders import FACE_ORDERS
+from ..encoders.curation.selection import CURATE_MODES, THRESHOLD_INPUTS, Thresholds
 from ..pulid_flux import FUSION_MODES
 from ..pulid_flux.patch import UNCOND_MODES
 
@@ -46,3 +47,24 @@ def encoding_options() -> dict:
 def sampling_window() -> dict:
     """weight, start_at, end_at: the required inputs of both Apply nodes, in order."""
     return {"weight": WEIGHT, "start_at": START_AT, "end_at": END_AT}
+
+
+CURATE = (list(CURATE_MODES), {"default": "off", "tooltip": "Which photos make the identity. off: all, as before; "
+          "warn: all, and each photo's verdict is logged and drawn on face_preview; drop: photos that look like "
+          "another person, or are too small, strongly turned or blurred (the thresholds below) are left out before "
+          "encoding; weight: all, weighted by how consistent each is with the others (fusion 'mean')."})
+_DEFAULT_THRESHOLDS = Thresholds()
+CURATION_THRESHOLDS = {name: ("FLOAT", {"default": getattr(_DEFAULT_THRESHOLDS, name), "min": low, "max": high,
+                                        "step": step, "tooltip": f"curate: {tooltip}"})
+                       for name, (low, high, step, tooltip) in THRESHOLD_INPUTS.items()}
+
+
+def curation_options() -> dict:
+    """curate and its thresholds (Apply PuLID-Flux and Encode identity, after all their older optional inputs)."""
+    return {"curate": CURATE, **CURATION_THRESHOLDS}
+
+
+def curation_choice(curate: str = "off", **thresholds) -> tuple[str, Thresholds]:
+    """The curation inputs as the node received them -> (mode, Thresholds); missing thresholds keep their defaults
+    (a workflow saved before they existed)."""
+    return curate, Thresholds(**{k: v for k, v in thresholds.items() if k in THRESHOLD_INPUTS})

@@ -17,7 +17,8 @@ from ..encoders import (EVA02_CLIP_L_336, EncoderModelError, find_antelopev2, lo
 from ..encoders.eva import EVA_DOWNLOAD_HINT
 from ..encoders.faces import ANTELOPEV2_DOWNLOAD_HINT, Antelopev2Misplaced
 from ..encoders.parsing import PARSER_DOWNLOAD_HINT, PARSER_FILE
-from ..pulid_flux import PulidFlux, encode_id, load_pulid_flux
+from ..pulid_flux import PulidFlux, load_pulid_flux
+from ..pulid_flux.curated_fusion import IdTokenMaker
 from . import folders  # by module: tests and other packs may replace its functions
 
 log = logging.getLogger("PuLID-Flux")
@@ -89,10 +90,7 @@ class PulidModel:
             return self._uncond[1]
         mm.load_models_gpu([self.encoder])
         try:
-            cfg = self.model.cfg
-            tokens = encode_id(self.encoder.model.inner, torch.zeros(1, cfg.id_cond_dim),
-                               [torch.zeros(1, EVA02_CLIP_L_336.tokens, cfg.vit_dim)] * cfg.num_scales)
-            tokens = tokens.float().cpu()
+            tokens = IdTokenMaker(self.encoder.model.inner).uncond(EVA02_CLIP_L_336.tokens).float().cpu()
         finally:
             offload(self.encoder)
         self._uncond = (self._encoder_key(), tokens)

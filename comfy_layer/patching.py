@@ -11,6 +11,7 @@ import torch
 import comfy.model_patcher
 import comfy.patcher_extension
 
+from ..encoders.curation.selection import Thresholds
 from ..pulid_flux import injection_points
 from ..pulid_flux.family import check_flux1
 from ..pulid_flux.identity import Identity
@@ -50,13 +51,17 @@ def check_identity_matches(pulid, identity: Identity) -> None:
 
 
 def apply_photos(model, pulid, eva, faces, image, weight, start_at, end_at, attn_mask=None, fusion="mean",
-                 face_order="largest", face_index=0, use_gray=True, uncond="same", on_no_face="error"):
-    """Apply PuLID-Flux: (patched clone, face preview). The model and the numbers are checked before any encoding."""
+                 face_order="largest", face_index=0, use_gray=True, uncond="same", on_no_face="error", curate="off",
+                 thresholds: Thresholds = Thresholds()):
+    """Apply PuLID-Flux: (patched clone, face preview). The model and the numbers are checked before any encoding.
+    A curation that leaves no photo (CurationError) is an error whatever on_no_face says: the photos have faces,
+    and the message says how to go on."""
     points = check_model(model, pulid)
     check_apply_inputs(weight, start_at, end_at)
     attn_mask = check_mask(attn_mask, "attn_mask")
     try:
-        emb = encoding.embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
+        emb = encoding.embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray, curate,
+                                        thresholds)
     except (encoding.NoFaceError, EmptyBatchError) as e:  # no photo with a face: what on_no_face is for
         if on_no_face == "error":
             raise
@@ -66,7 +71,7 @@ def apply_photos(model, pulid, eva, faces, image, weight, start_at, end_at, attn
     # the uncond tokens (one ID-encoder pass per PuLID model) only when true CFG reads them
     uncond_tokens = pulid.uncond_tokens() if uncond == "uncond_id" else None
     patched = _patch(model, pulid, points, emb.id_tokens, uncond_tokens, weight, start_at, end_at, attn_mask, uncond)
-    return patched, emb.preview
+    return patched, emb.face_preview
 
 
 def apply_identity(model, pulid, identity: Identity, weight, start_at, end_at, attn_mask=None, uncond="same"):

@@ -37,7 +37,7 @@ class NoFace:
 
 
 @dataclass
-class _Located:
+class Located:
     """First stage of one image: the chosen face, its ArcFace embedding and aligned crop."""
     index: int
     arcface: np.ndarray
@@ -72,7 +72,7 @@ class FaceEncoders:
                    load_face_parser(parser_path, device, dtype), **kwargs)
 
     def locate(self, rgb: np.ndarray, order: str = "largest", index: int = 0,
-               image_index: int = 0) -> _Located | NoFace:
+               image_index: int = 0) -> Located | NoFace:
         """Detection (retrying smaller detector sizes, then a padded copy), face choice, ArcFace, alignment.
 
         The official pipeline falls back to ArcFace on facexlib's aligned crop when InsightFace finds no face.
@@ -98,14 +98,14 @@ class FaceEncoders:
         face, reason = choose_face(faces, order, index)
         if face is None:
             return NoFace(reason, len(faces))
-        return _Located(
+        return Located(
             index=image_index, arcface=arcface_embedding(self.face_analysis, frame, face),
             aligned_bgr=align_face(frame, face.kps), bbox=(face.bbox - offset) / scale,
             kps=(face.kps - offset) / scale, det_score=face.det_score, face_count=len(faces),
             found_by=f"detector {size} px{how}")
 
     @torch.no_grad()
-    def _embed(self, located: list[_Located], use_gray: bool) -> list[FaceResult]:
+    def _embed(self, located: list[Located], use_gray: bool) -> list[FaceResult]:
         aligned_rgb = np.stack([item.aligned_bgr[:, :, ::-1] for item in located])
         rgb = torch.from_numpy(aligned_rgb.copy()).permute(0, 3, 1, 2).float() / 255.0
         features = face_features_image(rgb, parse_labels(self.parser, rgb).cpu(), use_gray)
@@ -123,29 +123,48 @@ class FaceEncoders:
                 face_count=item.face_count, found_by=item.found_by))
         return results
 
+    def locate_all(self, images, order: str = "largest", index: int = 0, batch_size: int = 8,
+                   progress: Callable[[int, int], None] | None = None) -> list[Located | NoFace]:
+        """The first stage for every image, in input order: Located (the chosen face, its ArcFace embedding and
+        aligned crop) or NoFace with the reason. progress(done, total) after each image, total counting the
+        BiSeNet/EVA-CLIP batches still to come as if every image not yet located had a face (see `encode`)."""
+        rgbs = to_rgb_list(images)
+        found: list[Located | NoFace] = []
+        for i, rgb in enumerate(rgbs):
+            found.append(self.locate(rgb, order, index, image_index=i))
+            if progress is not None:
+                faces = sum(isinstance(item, Located) for item in found) + len(rgbs) - len(found)
+                progress(len(found), len(rgbs) + -(-faces // max(1, batch_size)))
+        return found
+
+    def embed(self, located: list[Located], use_gray: bool = True, batch_size: int = 8,
+              progress: Callable[[int, int], None] | None = None) -> list[FaceResult]:
+        """The second stage: BiSeNet and EVA-CLIP on the located faces in batches of `batch_size`, one FaceResult
+        per item in the order given. A face's result depends on the batch it shares (float rounding), so the same
+        items in the same batches give the same bits. progress(done, batches) is called after each batch."""
+        step = max(1, batch_size)
+        batches = -(-len(located) // step)
+        results: list[FaceResult] = []
+        for start in range(0, len(located), step):
+            results += self._embed(located[start:start + step], use_gray)
+            if progress is not None:
+                progress(start // step + 1, batches)
+        return results
+
     def encode(self, images, order: str = "largest", index: int = 0, use_gray: bool = True,
                batch_size: int = 8, progress: Callable[[int, int], None] | None = None) -> list[FaceResult | NoFace]:
         """One result per input image, in input order: FaceResult, or NoFace with the reason.
 
         images: ComfyUI IMAGE [B,H,W,C] float 0..1 (C = 1/3/4), numpy HxW[xC] uint8 RGB/RGBA/gray, or a list.
         order/index: which face when several are found (see faces.order_faces); index may be negative.
-        Detection runs per image; the faces found then go through BiSeNet and EVA-CLIP in batches of `batch_size`.
-        progress(done, total) is called after each detection and each batch (total = images + batches)."""
-        rgbs = to_rgb_list(images)
-        step = max(1, batch_size)
-        results: list[FaceResult | NoFace | None] = []
-        pending: list[_Located] = []
-        for i, rgb in enumerate(rgbs):
-            found = self.locate(rgb, order, index, image_index=i)
-            results.append(found if isinstance(found, NoFace) else None)
-            if isinstance(found, _Located):
-                pending.append(found)
-            if progress is not None:
-                progress(i + 1, len(rgbs) + -(-(len(pending) + len(rgbs) - i - 1) // step))
-        for start in range(0, len(pending), step):
-            chunk = pending[start:start + step]
-            for item, result in zip(chunk, self._embed(chunk, use_gray)):
-                results[item.index] = result
-            if progress is not None:
-                progress(len(rgbs) + start // step + 1, len(rgbs) + -(-len(pending) // step))
+        Detection runs per image (locate_all); the faces found then go through BiSeNet and EVA-CLIP in batches of
+        `batch_size` (embed). progress(done, total) is called after each detection and each batch
+        (total = images + batches)."""
+        found = self.locate_all(images, order, index, batch_size, progress)
+        faces = [item for item in found if isinstance(item, Located)]
+        embedded = self.embed(faces, use_gray, batch_size, progress=None if progress is None else
+                              lambda done, batches: progress(len(found) + done, len(found) + batches))
+        results: list[FaceResult | NoFace] = list(found)
+        for item, result in zip(faces, embedded):
+            results[item.index] = result
         return results

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .curation.copying import CopyFigures, likeness_and_copy
 from .faces import DEFAULT_DET_SIZES, DetectedFace, arcface_embedding, detect_faces, order_faces
 from .images import limit_long_side, to_rgb_list
 
@@ -19,6 +20,8 @@ class FaceScore:
     score: float
     faces: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (bbox x1,y1,x2,y2 in pixels, cosine)
     note: str = ""
+    arcface: np.ndarray | None = field(default=None, repr=False)  # raw ArcFace of the best face (for the copy score)
+    kps: np.ndarray | None = field(default=None, repr=False)  # its five landmarks in pixels of the image
 
     @property
     def best_box(self) -> np.ndarray | None:
@@ -39,20 +42,29 @@ def _faces_with_embeddings(analysis, rgb: np.ndarray, det_sizes) -> list[tuple[D
     return [(face, arcface_embedding(analysis, frame, face), scale) for face in order_faces(faces, "largest")]
 
 
-def reference_embedding(analysis, images, det_sizes=DEFAULT_DET_SIZES) -> tuple[torch.Tensor, list[str]]:
-    """Reference photo(s) -> [N,512] L2-normalised ArcFace of the largest face of each (images without a face are
-    skipped, with a note). Raises ValueError when no image has a face."""
-    rows, notes = [], []
+def reference_faces(analysis, images, det_sizes=DEFAULT_DET_SIZES) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Reference photo(s) -> ([N,512] L2-normalised ArcFace, [N,5,2] landmarks in photo pixels, notes) of the
+    largest face of each (images without a face are skipped, with a note). Raises ValueError when no image has a
+    face."""
+    rows, kps, notes = [], [], []
     for i, rgb in enumerate(to_rgb_list(images)):
         found = _faces_with_embeddings(analysis, rgb, det_sizes)
         if not found:
             notes.append(f"reference {i + 1}: no face detected, skipped")
             continue
-        rows.append(torch.from_numpy(found[0][1]).float())
+        face, embedding, scale = found[0]
+        rows.append(torch.from_numpy(embedding).float())
+        kps.append(face.kps / scale)
     if not rows:
         raise ValueError("Face similarity: no face detected in any reference image; connect a photo with a clearly "
                          "visible face, or an identity.")
-    return F.normalize(torch.stack(rows), dim=-1), notes
+    return F.normalize(torch.stack(rows), dim=-1), np.stack(kps), notes
+
+
+def reference_embedding(analysis, images, det_sizes=DEFAULT_DET_SIZES) -> tuple[torch.Tensor, list[str]]:
+    """reference_faces without the landmarks."""
+    rows, _, notes = reference_faces(analysis, images, det_sizes)
+    return rows, notes
 
 
 def score_images(analysis, images, reference: torch.Tensor, det_sizes=DEFAULT_DET_SIZES) -> list[FaceScore]:
@@ -67,10 +79,19 @@ def score_images(analysis, images, reference: torch.Tensor, det_sizes=DEFAULT_DE
             scores.append(FaceScore(0.0, [], "no face detected"))
             continue
         faces = [(face.bbox / scale, cosine(torch.from_numpy(emb), ref)) for face, emb, scale in found]
-        best = max(s for _, s in faces)
+        top = max(range(len(faces)), key=lambda k: faces[k][1])
         note = f"{len(faces)} faces, best shown" if len(faces) > 1 else ""
-        scores.append(FaceScore(best, faces, note))
+        face, embedding, scale = found[top]
+        scores.append(FaceScore(faces[top][1], faces, note, embedding, face.kps / scale))
     return scores
+
+
+def copy_scores(scores: list[FaceScore], ref_arcface, ref_kps=None) -> list[CopyFigures | None]:
+    """Likeness and copy (curation/copying.py) of each image's best face against the references' ArcFace rows
+    [N,512] and, when known, their landmarks [N,5,2] (without them the copy score is the identity part alone).
+    None for an image without a face."""
+    return [None if s.arcface is None else likeness_and_copy(s.arcface, ref_arcface, s.kps if ref_kps is not None
+                                                             else None, ref_kps) for s in scores]
 
 
 def annotate(rgb: np.ndarray, result: FaceScore) -> np.ndarray:

@@ -1,12 +1,14 @@
 """Fusing several references' ID tokens after curation: keep some rows, or weight them. Built on
-embedding.fuse_id_tokens, so without curation the result is exactly today's."""
+embedding.fuse_id_tokens, so without curation the result is exactly today's. IdTokenMaker hands the ID encoder and
+this fusion to the one encode path (encoders/references.py)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 
-from .embedding import fuse_id_tokens
+from .embedding import encode_id, fuse_id_tokens
+from .model import IDFormer
 
 
 def fuse_curated(tokens: torch.Tensor, fusion: str = "mean", rows: Sequence[int] | None = None,
@@ -37,3 +39,24 @@ def fuse_curated(tokens: torch.Tensor, fusion: str = "mean", rows: Sequence[int]
                          f"not all 0")
     fused = (tokens.double() * (w / w.sum()).view(-1, 1, 1)).sum(dim=0, keepdim=True)
     return fused.to(tokens.dtype)
+
+
+class IdTokenMaker:
+    """The PuLID ID encoder as encoders.references.encode_references uses it (that package does not import this
+    one): ID tokens for a batch of faces, then their fusion after curation."""
+
+    def __init__(self, encoder: IDFormer):
+        self.encoder = encoder
+
+    def encode(self, id_cond: torch.Tensor, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        return encode_id(self.encoder, id_cond, hidden_states)
+
+    def uncond(self, eva_tokens: int) -> torch.Tensor:
+        """The uncond ID tokens of official true CFG: the encoder on zeros shaped like one face's inputs (the ID
+        condition, and num_scales EVA hidden states of `eva_tokens` tokens). Not zero; [1,Q,D] in its dtype."""
+        cfg = self.encoder.cfg
+        return encode_id(self.encoder, torch.zeros(1, cfg.id_cond_dim),
+                         [torch.zeros(1, eva_tokens, cfg.vit_dim)] * cfg.num_scales)
+
+    def fuse(self, tokens: torch.Tensor, fusion: str = "mean", weights: Sequence[float] | None = None) -> torch.Tensor:
+        return fuse_curated(tokens, fusion, None, weights)

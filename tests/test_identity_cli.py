@@ -76,3 +76,76 @@ def test_out_follows_the_identity_name_rule(tmp_path):
         result = run("--face", "x.png", "--models", str(tmp_path), "--out", str(tmp_path / name))
         assert result.returncode == 1 and problem in result.stderr and "Rule: " in result.stderr, result.stderr
     assert os.listdir(tmp_path) == []
+
+
+# --- --report: the curation report without writing a file (only antelopev2 needed) -----------------------------
+@pytest.fixture(scope="module")
+def faces_only(tmp_path_factory):
+    """A models folder with only the antelopev2 stand-in, and two copies of a photo (the stand-in ArcFace has random
+    weights: only copies are reliably one person to it)."""
+    from PIL import Image
+    from skimage import data
+
+    from support import encoder_fakes as fakes
+
+    root = tmp_path_factory.mktemp("report")
+    fakes.write_antelopev2(str(root / "models" / "insightface" / "models" / "antelopev2"))
+    photos = []
+    for name, rgb in (("a.png", data.astronaut()), ("b.png", data.astronaut())):  # two copies: consistent
+        Image.fromarray(rgb).save(root / name)
+        photos += ["--face", str(root / name)]
+    return root, photos
+
+
+def test_report_prints_the_table_and_writes_nothing(faces_only):
+    root, photos = faces_only
+    before = sorted(os.listdir(root))
+    result = run("--report", *photos, "--models", str(root / "models"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["photo", "face", "det"] and lines[2].startswith("1 ") and lines[3].startswith("2 ")
+    assert "curate 'off': 2 of 2 photos used (1, 2)" in result.stdout
+    assert sorted(os.listdir(root)) == before
+
+
+def test_report_as_json_has_a_consistency_per_photo_and_the_summary(faces_only):
+    import json
+
+    root, photos = faces_only
+    result = run("--report", "--json", "--curate", "drop", *photos, "--models", str(root / "models"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [ref["file"].endswith(name) for ref, name in zip(report["references"], ("a.png", "b.png"))] == [True] * 2
+    for ref in report["references"]:
+        assert isinstance(ref["consistency"], float) and -1 <= ref["consistency"] <= 1 and ref["face_found"]
+        assert {"yaw", "pitch", "sharpness", "face_px", "verdict", "kept"} <= set(ref)
+    assert report["summary"]["mode"] == "drop" and report["summary"]["photos"] == 2
+    assert report["summary"]["thresholds"]["min_consistency"] == 0.25
+
+
+def test_report_that_leaves_nothing_exits_1_and_says_why(faces_only):
+    root, photos = faces_only
+    result = run("--report", "--curate", "drop", "--threshold", "min_face_px=4000", *photos, "--models",
+                 str(root / "models"))
+    assert result.returncode == 1 and "left no reference photo" in result.stderr and "set --curate" in result.stderr
+    assert "curate 'drop': 0 of 2 photos used (none)" in result.stdout and "face too small" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--json"], "--json goes with --report"),
+    (["--report", "--out", "x.safetensors"], "--report writes no file"),
+    (["--report", "--threshold", "min_size=3"], "unknown threshold 'min_size'"),
+    (["--report", "--threshold", "max_yaw=wide"], "'wide' is not a number"),
+    (["--report", "--curate", "weight", "--fusion", "concat"], "--curate 'weight'"),
+    ([], "--out NAME.safetensors is needed"),
+])
+def test_report_options_are_checked(faces_only, args, message):
+    root, photos = faces_only
+    result = run(*args, *photos, "--models", str(root / "models"))
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_curate_modes_match_the_encoders():
+    from encoders.curation.selection import CURATE_MODES
+
+    assert identity_cli.CURATE_MODES == CURATE_MODES

@@ -165,8 +165,8 @@ def test_face_similarity_node(env):
     values = out["ui"]["pulid_similarity"]
     assert len(values) == 2 and values[0] == 0.0
     tol.assert_close(values[1], 1.0, torch.float32, tol.OPS)
-    scores, text, best, best_image, annotated = out["result"]
-    assert scores == values and best == 1 and torch.equal(best_image, env.image)
+    scores, text, best, best_image, annotated, copy = out["result"]
+    assert scores == values and best == 1 and torch.equal(best_image, env.image) and copy[0] == 0.0  # no face
     assert "image 1: 0.0000 (no face detected)" in text and out["ui"]["text"] == [text]
     assert annotated.shape == (2, 512, 512, 3) and not torch.equal(annotated[1], env.image[0])
     by_photo = node.score(env.faces, env.image, reference=env.image)["ui"]["pulid_similarity"]
@@ -239,7 +239,7 @@ def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
            str(out)]
     result = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(out) and "6/6" in result.stderr  # tqdm: 4 models, 1 photo, ID encoder
+    assert result.stdout.strip() == str(out) and "7/7" in result.stderr  # tqdm: 4 models, 1 photo, 1 batch, ID encoder
     cli = env.pack.pulid_flux.identity.load_identity(str(out))
     node, _ = encode(env)
     for name in ("id_tokens", "uncond_tokens", "arcface", "preview"):
@@ -248,3 +248,89 @@ def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
         assert cli.meta[key] == node.meta[key], key
     again = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "exists: choose another name or add --overwrite" in again.stderr
+
+
+# --- curation and copy detection (issue 17) ------------------------------------------------------------------------
+CURATION_INPUTS = ["curate", "min_consistency", "min_face_px", "max_yaw", "max_pitch", "min_sharpness"]
+
+
+def test_curation_inputs_and_copy_score_come_after_everything_older(env):
+    apply = env.N["ApplyPulidFlux"].INPUT_TYPES()["optional"]
+    assert list(apply) == ["attn_mask", "fusion", "face_order", "face_index", "use_gray", "uncond",
+                           "on_no_face"] + CURATION_INPUTS
+    assert apply["curate"][1]["default"] == "off"
+    encode_inputs = env.N["PulidFluxEncodeIdentity"].INPUT_TYPES()["optional"]
+    assert list(encode_inputs) == ["fusion", "face_order", "face_index", "use_gray"] + CURATION_INPUTS
+    assert encode_inputs["min_consistency"] == apply["min_consistency"]  # declared once
+    similarity = env.N["PulidFluxFaceSimilarity"]
+    assert list(similarity.INPUT_TYPES()["optional"]) == ["identity", "reference", "copy_penalty"]
+    assert similarity.RETURN_NAMES == ("similarity", "report", "best_index", "best_image", "annotated", "copy_score")
+    assert similarity.OUTPUT_IS_LIST[-1] and "high similarity with a low copy score" in similarity.OUTPUT_TOOLTIPS[-1]
+
+
+def one_person_and_a_stranger(env):
+    """The astronaut twice and mirrored: to the antelopev2 stand-in (random weights) the mirror image is another
+    person (consistency about 0.1), and it has no face detector problem; then a photo without a face."""
+    mirrored = env.image.flip(2)
+    return torch.cat([env.image, env.image, mirrored, torch.zeros_like(env.image)])
+
+
+def test_drop_leaves_the_stranger_out_and_equals_the_kept_photos_alone(env, caplog):
+    from encoders.curation.preview import DROPPED_RGB
+    from encoders.curation.report import parse_report
+
+    with caplog.at_level(logging.WARNING, logger="PuLID-Flux"):
+        identity, preview = encode(env, one_person_and_a_stranger(env), curate="drop")
+    alone, alone_preview = encode(env, torch.cat([env.image, env.image]))
+    assert torch.equal(identity.id_tokens, alone.id_tokens) and torch.equal(identity.arcface, alone.arcface)
+    assert identity.meta["references"] == "2" and alone_preview.shape[0] == 2
+    assert preview.shape[0] == 4  # every photo with its verdict; the dropped one framed red
+    assert tuple((preview[2, -1, 0] * 255).round().int().tolist()) == DROPPED_RGB
+    report, why = parse_report(identity.meta["pulid_curation"])
+    assert why == "" and [r["kept"] for r in report["references"]] == [True, True, False, False]
+    assert report["references"][2]["verdict"] == "looks like another person"
+    assert any("reference image 3 skipped: looks like another person" in r.getMessage() for r in caplog.records)
+    loaded, _ = saved_and_loaded(env, "curated", identity)
+    assert loaded.meta["pulid_curation"] == identity.meta["pulid_curation"]
+    direct = env.pack.nodes.ApplyPulidFlux().apply_pulid_flux(env.model, env.pulid, env.eva, env.faces,
+                                                                one_person_and_a_stranger(env), 1.0, 0.0, 1.0,
+                                                                curate="drop")
+    assert torch.equal(sample(env, direct[0]), sample(env, apply_identity(env, alone)))
+
+
+def test_off_is_unchanged_and_warn_only_reports(env, caplog):
+    photos = one_person_and_a_stranger(env)
+    plain, plain_preview = encode(env, photos)
+    warned, warned_preview = encode(env, photos, curate="warn")
+    assert torch.equal(plain.id_tokens, warned.id_tokens) and plain_preview.shape[0] == 3
+    assert warned_preview.shape[0] == 4 and plain.meta["references"] == warned.meta["references"] == "3"
+    with caplog.at_level(logging.WARNING, logger="PuLID-Flux"):
+        encode(env, photos, curate="warn")
+    assert any("reference image 3 used (curate 'warn'): looks like another person" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_curation_that_leaves_nothing_is_a_clear_error(env):
+    with pytest.raises(ValueError, match=r"curate 'drop' left no reference photo.*photo 1: face too small"):
+        encode(env, curate="drop", min_face_px=4000.0)
+
+
+def test_face_similarity_copy_score_is_highest_for_the_reference_itself(env):
+    import dataclasses
+
+    identity, _ = encode(env)
+    images = torch.cat([env.image.flip(2), env.image, (env.image * 0.8).clamp(0, 1)])
+    node = env.N["PulidFluxFaceSimilarity"]()
+    out = node.score(env.faces, images, identity=identity)["result"]
+    similarity, text, best, _, _, copy = out
+    # the report keeps landmarks to 0.1 px, which moves the pose part of a perfect copy by under 1 %
+    assert len(out) == 6 and len(copy) == 3 and copy[1] == pytest.approx(1.0, abs=0.01)
+    assert copy[1] > copy[0] and copy[1] > copy[2] and "copy" in text
+    assert best == max(range(3), key=lambda i: similarity[i])  # no penalty: today's ranking
+    penalised = node.score(env.faces, images, identity=identity, copy_penalty=10.0)["result"]
+    assert penalised[2] != 1 and penalised[5] == copy
+    old = dataclasses.replace(identity, meta={k: v for k, v in identity.meta.items() if k != "pulid_curation"})
+    without_pose = node.score(env.faces, images, identity=old)["result"][5]  # a file from before: identity part
+    assert without_pose[1] == pytest.approx(1.0, abs=1e-4)
+    by_photo = node.score(env.faces, images, reference=env.image)["result"][5]
+    assert by_photo[1] == pytest.approx(1.0, abs=1e-4) and by_photo[1] > max(by_photo[0], by_photo[2])

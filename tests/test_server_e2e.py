@@ -98,6 +98,21 @@ def test_headless_client_queues_the_api_example_and_gets_an_image(server, photos
     assert any(g["9"]["inputs"]["text"] == prompt and g["13"]["inputs"]["seed"] == 7 for g in queued)
 
 
+def test_curation_report_in_the_preview_through_the_server(server, photos, test_graph, tmp_path):
+    """curate 'warn' on a running server: the face preview row carries the verdict caption (green: consistent,
+    kept) in a darkened band at its top."""
+    with open(test_graph, encoding="utf-8") as f:
+        graph = json.load(f)
+    graph["8"]["inputs"]["curate"] = "warn"  # an input the basic example leaves at its default
+    (tmp_path / "curated.json").write_text(json.dumps(graph))
+    result, _ = run_client(server, str(tmp_path / "curated.json"), "--face", str(photos / "astronaut.png"),
+                           "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr + server.log_tail()
+    preview = next(p for p in result.stdout.split() if os.sep + "previews" + os.sep in p)
+    band = np.asarray(Image.open(preview).convert("RGB"))[:40].reshape(-1, 3).astype(int)
+    assert (np.abs(band - (0, 200, 0)).sum(axis=1) < 60).sum() > 20  # the caption 'photo 1: consistent, kept'
+
+
 def test_a_bad_graph_gets_the_clients_clear_error(server, photos, test_graph):
     result, _ = run_client(server, test_graph, "--face", str(photos / "astronaut.png"), "--weight", "9")
     assert result.returncode == 1

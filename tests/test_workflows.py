@@ -299,7 +299,8 @@ def ui_to_api(wf, defs):
 # --- tests --------------------------------------------------------------------------------------------
 def test_the_examples_exist_in_both_formats():
     assert names(UI_FILES) == names(API_FILES) == [
-        "pulid_flux_basic.json", "pulid_flux_identity_best_of_n.json", "pulid_flux_identity_blend.json",
+        "pulid_flux_basic.json", "pulid_flux_curation.json", "pulid_flux_identity_best_of_n.json",
+        "pulid_flux_identity_blend.json",
         "pulid_flux_identity_encode_save.json", "pulid_flux_identity_load_apply.json",
         "pulid_flux_multi_reference.json", "pulid_flux_true_cfg.json", "pulid_flux_two_people.json"]
     assert names(BATCH_FILES) == ["pulid_flux_batch.json", "pulid_flux_identity.json"]

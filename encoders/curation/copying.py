@@ -65,6 +65,8 @@ def likeness_and_copy(face_arcface, ref_arcface, face_kps=None, ref_kps=None) ->
     copy = sqrt(identity_copy * pose_closeness) (identity_copy alone without landmarks), 0..1: high only when
         the face is both unusually close to one reference in identity and in the same pose and expression; 1 for
         the reference itself. High likeness with low copy is the goal."""
+    face_arcface, ref_arcface = (np.asarray(v.detach().cpu().double() if hasattr(v, "detach") else v, np.float64)
+                                 for v in (face_arcface, ref_arcface))  # torch or numpy
     if np.size(face_arcface) != ARCFACE_DIM or np.size(ref_arcface) == 0 or np.size(ref_arcface) % ARCFACE_DIM:
         raise ValueError(f"likeness_and_copy needs one {ARCFACE_DIM}-value ArcFace embedding for the face and "
                          f"[N,{ARCFACE_DIM}] for N >= 1 references; got {np.shape(face_arcface)} and "

@@ -64,6 +64,13 @@ def _fmt(value, spec: str, none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
+def problem_lines(report: dict) -> list[str]:
+    """One line per photo with a problem, e.g. 'photo 3: looks like another person (consistency 0.05 < 0.25)';
+    what the nodes log with curate warn/drop/weight."""
+    return [f"photo {ref['index'] + 1}: " + "; ".join(ref["problems"]) + ("" if ref["kept"] else " (left out)")
+            for ref in report["references"] if ref["problems"]]
+
+
 def render_table(report: dict) -> str:
     """A plain-text table of a (built or parsed) report, one row per photo, then the set's summary. Any report
     parse_report returns renders, whatever mix of null figures it holds."""
@@ -78,9 +85,7 @@ def render_table(report: dict) -> str:
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    for ref in report["references"]:
-        if ref["problems"]:
-            out.append(f"photo {ref['index'] + 1}: " + "; ".join(ref["problems"]))
+    out += problem_lines(report)
     s = report["summary"]
     if s["pairwise_median"] is None:
         out.append(f"consistency: {s['consistency_note'] or 'not measured'}")

@@ -1,5 +1,7 @@
 """`python -m pulid_tools identity --face a.jpg [--face b.jpg ...] --models DIR --out NAME.safetensors`: encode a
-person's identity file with no ComfyUI running (the pack's encoders/ and pulid_flux/ only).
+person's identity file with no ComfyUI running (the pack's encoders/ and pulid_flux/ only), through the same encode
+path as the nodes (encoders/references.py). With --report instead of --out: print each photo's figures and verdict
+(the curation report) and write nothing; only InsightFace is loaded. --json prints the report as JSON.
 
 --models is a ComfyUI models/ folder (or the ComfyUI folder itself); the model files are found where the
 loaders would find them (extra_model_paths.yaml included): the PuLID-Flux weights in pulid/, EVA-CLIP as the
@@ -18,6 +20,7 @@ PULID_PREFERRED = ("pulid_flux_v0.9.1.safetensors", "pulid_flux_v0.9.0.safetenso
 PT_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
 FUSIONS = ("mean", "concat", "max_token", "max")  # pulid_flux.FUSION_MODES (not imported: keeps --help light)
 FACE_ORDERS = ("largest", "left-right", "right-left", "top-bottom", "bottom-top", "small-large", "large-small")
+CURATE_MODES = ("off", "warn", "drop", "weight")  # encoders.curation.CURATE_MODES (not imported, as above)
 
 
 class SetupError(Exception):
@@ -29,7 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a photo of the person (repeat for several)")
     parser.add_argument("--models", required=True, metavar="DIR",
                         help="ComfyUI's models/ folder (or the ComfyUI folder)")
-    parser.add_argument("--out", required=True, metavar="NAME.safetensors", help="the identity file to write")
+    parser.add_argument("--out", metavar="NAME.safetensors", help="the identity file to write (not with --report)")
+    parser.add_argument("--report", action="store_true", help="print each photo's figures and verdict (consistency, "
+                        "yaw, pitch, sharpness, size) and write no file; loads only InsightFace")
+    parser.add_argument("--json", action="store_true", help="with --report: print it as JSON (a 'references' list of "
+                        "per-photo objects, each with 'consistency', and the set's 'summary')")
+    parser.add_argument("--curate", default="off", choices=CURATE_MODES, help="which photos make the identity (as "
+                        "the node's curate): off, warn, drop (leave out problem photos), weight (by consistency)")
+    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                        help="a curation threshold as the node's input of that name, e.g. min_consistency=0.3 "
+                             "(min_face_px, max_yaw, max_pitch, min_sharpness; README: Curation and copy detection)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--pulid", metavar="NAME", help="PuLID-Flux file as Load PuLID-Flux Model lists it "
                         "(default: pulid_flux_v0.9.1.safetensors, else v0.9.0, else the only one)")
@@ -131,20 +143,74 @@ def read_photo(path: str):
         raise SetupError(f"--face {path}: cannot read the image ({e})") from None
 
 
+def reference_settings(args, selection):
+    """The --fusion, --face-order, --face-index, --no-gray, --curate and --threshold choices, checked."""
+    from encoders.references import ReferenceSettings
+
+    limits = {}
+    for item in args.threshold:
+        name, _, value = item.partition("=")
+        if name not in selection.THRESHOLD_INPUTS:
+            raise SetupError(f"--threshold {item}: unknown threshold {name!r}; use one of "
+                             f"{', '.join(selection.THRESHOLD_INPUTS)} as NAME=VALUE")
+        try:
+            limits[name] = float(value)
+        except ValueError:
+            raise SetupError(f"--threshold {item}: {value!r} is not a number") from None
+    try:
+        return ReferenceSettings(args.fusion, args.face_order, args.face_index, not args.no_gray, args.curate,
+                                 selection.Thresholds(**limits))
+    except ValueError as e:
+        raise SetupError(str(e).replace("curate ", "--curate ").replace("fusion ", "--fusion ")) from None
+
+
+def print_report(args) -> int:
+    """--report: locate every photo (InsightFace only), curate, print the table (or JSON). Exit 0 when the photos
+    can make an identity with these settings, 1 when none can (no face, or curation left none)."""
+    from ..doctor.checks import import_pack_parts
+
+    encoders, _ = import_pack_parts()
+    import json
+
+    from encoders.curation import report as curation_report
+    from encoders.curation import selection
+    from encoders.references import report_references
+
+    settings = reference_settings(args, selection)
+    folders = model_folders(args.models)
+    root = find_insightface(folders, encoders)
+    photos = [read_photo(p) for p in args.face]
+    face_encoders = encoders.FaceEncoders(encoders.load_face_analysis(root, args.provider), None, None)
+    report, error = report_references(face_encoders, photos, settings)
+    if error is not None:
+        print(f"error: {str(error).replace('set curate', 'set --curate')}", file=sys.stderr)
+    for ref, path in zip(report["references"], args.face):
+        ref["file"] = path
+    print(json.dumps(report, indent=2) if args.json else curation_report.render_table(report))
+    return 0 if report["summary"]["kept"] else 1
+
+
 def encode_identity_file(args) -> str:
     """Everything the command does; returns the path written. Raises SetupError."""
     from ..doctor.checks import import_pack_parts
 
     encoders, pulid_flux = import_pack_parts()
-    import numpy as np
+    import json
+
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
+    from encoders.curation import report as curation_report
+    from encoders.curation import selection
+    from encoders.references import NoUsableFace, encode_references
+    from pulid_flux.curated_fusion import IdTokenMaker
     from pulid_flux.identity import build_identity, file_fingerprint, save_identity
-
     from pulid_flux.identity_store import IdentityNameError, identity_file_name
 
+    settings = reference_settings(args, selection)
+    if args.out is None:
+        raise SetupError("--out NAME.safetensors is needed to write an identity (or --report to only print the "
+                         "figures)")
     out = os.path.abspath(args.out)
     if not out.endswith(".safetensors"):
         raise SetupError(f"--out {args.out}: identity files end in .safetensors")
@@ -177,41 +243,51 @@ def encode_identity_file(args) -> str:
         parser = encoders.load_face_parser(parser_path, device, dtype)
         bar.update(1)
         model = pulid_flux.load_pulid_flux(pulid_path)
-        encoder = model.pulid_encoder.to(device, dtype)
+        maker = IdTokenMaker(model.pulid_encoder.to(device, dtype))
         bar.update(1)
-        face_encoders = encoders.FaceEncoders(analysis, eva, parser)
-        results = []
-        for path, rgb in zip(args.face, photos):
-            bar.set_description(f"encoding {os.path.basename(path)}")
-            results += face_encoders.encode(rgb, order=args.face_order, index=args.face_index,
-                                            use_gray=not args.no_gray)
-            bar.update(1)
-        ok = [r for r in results if r.ok]
-        for path, r in zip(args.face, results):
-            if not r.ok:
-                tqdm.write(f"{path}: skipped: {r.reason}", file=sys.stderr)
-        if not ok:
-            raise SetupError("no usable face in any --face photo: use photos where the face is clearly visible, or "
-                             "check --face-order/--face-index")
+        bar.set_description("encoding the photos")
+
+        def progress(done: int, total: int) -> None:  # photos located, then BiSeNet/EVA-CLIP batches
+            bar.total = 4 + total + 1
+            bar.n = 4 + done
+            bar.refresh()
+
+        try:
+            emb = encode_references(encoders.FaceEncoders(analysis, eva, parser), maker, photos, settings,
+                                    report=True, progress=progress)
+        except NoUsableFace as e:
+            raise SetupError(f"{e.summary} Use photos where the face is clearly visible, or check "
+                             f"--face-order/--face-index.".replace("reference image", "--face photo")) from None
+        except selection.CurationError as e:
+            raise SetupError(str(e).replace("curate ", "--curate ").replace("set curate", "set --curate")) from None
+        for i, why in emb.skipped.items():
+            tqdm.write(f"{args.face[i]}: skipped: {why}", file=sys.stderr)
+        if settings.curate != "off":
+            tqdm.write(curation_report.render_table(emb.report), file=sys.stderr)
         bar.set_description("ID encoder")
-        id_cond = torch.cat([r.id_cond for r in ok])
-        hidden = [torch.cat([r.hidden_states[s] for r in ok]) for s in range(len(ok[0].hidden_states))]
-        tokens = pulid_flux.fuse_id_tokens(pulid_flux.encode_id(encoder, id_cond, hidden).float(), args.fusion).cpu()
-        uncond = pulid_flux.encode_uncond_id(encoder, id_cond, hidden).float().cpu()
-        preview = torch.stack([torch.from_numpy(np.concatenate([r.aligned, r.parsed], axis=1))
-                               for r in ok])
-        identity = build_identity(tokens, uncond, F.normalize(id_cond[:, :512].float(), dim=-1), preview,
+        uncond = maker.uncond(encoders.EVA02_CLIP_L_336.tokens).float().cpu()
+        identity = build_identity(emb.id_tokens, uncond, emb.arcface, emb.preview,
                                   pulid_file=pulid_name, pulid_fingerprint=file_fingerprint(pulid_path),
                                   fusion=args.fusion, face_order=args.face_order, face_index=args.face_index,
-                                  use_gray=not args.no_gray, references=len(ok))
+                                  use_gray=not args.no_gray, references=len(emb.used),
+                                  **{curation_report.METADATA_KEY: json.dumps(emb.report)})
         save_identity(identity, out, overwrite=args.overwrite)
-        bar.update(1)
+        bar.n = bar.total
         bar.set_description("done")
     return out
 
 
 def run(args) -> int:
+    if args.json and not args.report:
+        print("error: --json goes with --report (it prints the report as JSON)", file=sys.stderr)
+        return 1
+    if args.report and args.out:
+        print(f"error: --report writes no file: leave out --out {args.out} (or --report, to write the identity; "
+              f"with --curate warn/drop/weight it prints the table too)", file=sys.stderr)
+        return 1
     try:
+        if args.report:
+            return print_report(args)
         out = encode_identity_file(args)
     except (SetupError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
