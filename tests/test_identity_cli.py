@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from support import comfy_harness as H
 from pulid_tools.identity import command as identity_cli
@@ -149,3 +151,21 @@ def test_curate_modes_match_the_encoders():
     from encoders.curation.selection import CURATE_MODES
 
     assert identity_cli.CURATE_MODES == CURATE_MODES
+
+
+@given(st.lists(st.text(max_size=30) | st.sampled_from(["min_consistency=nan", "max_yaw=-inf", "min_face_px=1e999",
+                                                         "max_pitch=", "=0.3", "min_sharpness=0x10"]), max_size=4))
+def test_threshold_arguments_give_settings_or_a_setup_error(items):
+    """--threshold NAME=VALUE is parsed totally: a ReferenceSettings, or SetupError naming the argument."""
+    import argparse
+
+    from encoders.curation import selection
+
+    args = argparse.Namespace(threshold=items, fusion="mean", face_order="largest", face_index=0, no_gray=False,
+                              curate="drop")
+    try:
+        settings = identity_cli.reference_settings(args, selection)
+    except identity_cli.SetupError as e:
+        assert str(e).startswith("--")
+    else:
+        assert settings.curate == "drop"

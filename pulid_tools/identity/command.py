@@ -158,8 +158,12 @@ def reference_settings(args, selection):
         except ValueError:
             raise SetupError(f"--threshold {item}: {value!r} is not a number") from None
     try:
+        thresholds = selection.Thresholds(**limits)
+    except ValueError as e:
+        raise SetupError(f"--threshold: {e}") from None
+    try:
         return ReferenceSettings(args.fusion, args.face_order, args.face_index, not args.no_gray, args.curate,
-                                 selection.Thresholds(**limits))
+                                 thresholds)
     except ValueError as e:
         raise SetupError(str(e).replace("curate ", "--curate ").replace("fusion ", "--fusion ")) from None
 
