@@ -7,10 +7,8 @@ NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 # The torch core (pulid_flux/, encoders/) must stay importable without ComfyUI, e.g. in tests.
 if importlib.util.find_spec("comfy") is not None:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
-    from . import identity_routes, nodes_identity
+    from .comfy_layer import routes
 
-    NODE_CLASS_MAPPINGS = {**NODE_CLASS_MAPPINGS, **nodes_identity.NODE_CLASS_MAPPINGS}
-    NODE_DISPLAY_NAME_MAPPINGS = {**NODE_DISPLAY_NAME_MAPPINGS, **nodes_identity.NODE_DISPLAY_NAME_MAPPINGS}
-    identity_routes.register_routes()
+    routes.register_routes()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,29 +1,23 @@
-"""ComfyUI nodes. Class names, input names and order match the original PuLID-Flux pack so saved workflows
-load; inputs added since are optional and come after end_at."""
+"""ComfyUI nodes: declarations only. Each node reads its inputs and calls one function of comfy_layer/. Class names,
+input names and order match the original PuLID-Flux pack so saved workflows load; inputs added since are optional
+and come after end_at. Inputs several nodes share are declared once, in comfy_layer/inputs.py."""
 from __future__ import annotations
 
-import logging
+from .comfy_layer import folders, identities, patching
+from .comfy_layer import inputs as I
+from .comfy_layer.models import EvaModel, FaceAnalysisModel, PulidModel
+from .pulid_flux.identity import blend_identities
 
-import torch
-
-from . import comfy_support as support
-from . import identity_support as ids
-from .encoders import FACE_ORDERS
-from .pulid_flux import FUSION_MODES
-from .pulid_flux.inputs import EmptyBatchError, check_mask
-from .pulid_flux.patch import UNCOND_MODES
-
-log = logging.getLogger("PuLID-Flux")
 CATEGORY = "pulid_flux"
 ON_NO_FACE = ("error", "return model unchanged")
 
-support.register_model_folders()
+folders.register_model_folders()
 
 
 class PulidFluxModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"pulid_file": (ids.pulid_model_files(), {
+        return {"required": {"pulid_file": (folders.pulid_model_files(), {
             "tooltip": "PuLID-Flux weights in models/pulid (pulid_flux_v0.9.1.safetensors or v0.9.0)."})}}
 
     RETURN_TYPES = ("PULIDFLUX",)
@@ -32,7 +26,7 @@ class PulidFluxModelLoader:
     CATEGORY = CATEGORY
 
     def load_model(self, pulid_file):
-        return (support.PulidModel.load(pulid_file),)
+        return (PulidModel.load(pulid_file),)
 
 
 class PulidFluxInsightFaceLoader:
@@ -47,13 +41,13 @@ class PulidFluxInsightFaceLoader:
     CATEGORY = CATEGORY
 
     def load_insightface(self, provider):
-        return (support.FaceAnalysisModel.load(provider),)
+        return (FaceAnalysisModel.load(provider),)
 
 
 class PulidFluxEvaClipLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}, "optional": {"eva_file": (["auto"] + support.eva_candidates(), {
+        return {"required": {}, "optional": {"eva_file": (["auto"] + folders.eva_candidates(), {
             "default": "auto", "tooltip": "EVA02-CLIP-L-14-336 (EVA02_CLIP_L_336_psz14_s6B.pt or the open_clip "
                                           "safetensors) in models/clip_vision (also models/pulid, models/clip). "
                                           "auto: the first that loads, in that order."})}}
@@ -63,39 +57,17 @@ class PulidFluxEvaClipLoader:
     CATEGORY = CATEGORY
 
     def load_eva_clip(self, eva_file="auto"):
-        return (support.EvaModel.load(eva_file),)
+        return (EvaModel.load(eva_file),)
 
 
 class ApplyPulidFlux:
     @classmethod
     def INPUT_TYPES(cls):
         return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "A Flux model; it is cloned, never changed."}),
-                "pulid_flux": ("PULIDFLUX", {"tooltip": "From Load PuLID-Flux Model."}),
-                "eva_clip": ("EVA_CLIP", {"tooltip": "From Load EVA-CLIP (PuLID-Flux)."}),
-                "face_analysis": ("FACEANALYSIS", {"tooltip": "From Load InsightFace (PuLID-Flux)."}),
-                "image": ("IMAGE", {"tooltip": "One or more reference photos (a batch); each needs one visible face."}),
-                "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
-                                     "tooltip": "Strength of the identity (official range 0..3, default 1)."}),
-                "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                       "tooltip": "Fraction of sampling before the ID applies; later starts "
-                                                  "keep more of the prompt's composition (photoreal: ~0.15)."}),
-                "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                     "tooltip": "Fraction of sampling after which the ID stops."}),
-            },
+            "required": {"model": I.MODEL, "pulid_flux": I.PULID_FLUX, "eva_clip": I.EVA_CLIP,
+                         "face_analysis": I.FACE_ANALYSIS, "image": I.PHOTOS, **I.sampling_window()},
             "optional": {
-                "attn_mask": ("MASK", {"tooltip": "Apply this identity only where the mask is white; two Apply "
-                                                  "nodes with complementary masks give two people."}),
-                "fusion": (list(FUSION_MODES), {"default": "mean", "tooltip": "How several reference images "
-                           "combine: mean of their ID tokens, concat (all tokens), max_token, max."}),
-                "face_order": (list(FACE_ORDERS), {"default": "largest", "tooltip": "Which face when a photo has "
-                               "several: sort order, then face_index picks one."}),
-                "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Position in face_order."}),
-                "use_gray": ("BOOLEAN", {"default": True, "tooltip": "Gray face for EVA-CLIP, as official PuLID."}),
-                "uncond": (list(UNCOND_MODES), {"default": "same", "tooltip": "With CFG > 1: 'same' applies the ID "
-                           "to the negative too (old packs), 'uncond_id' gives the negative the official uncond "
-                           "ID embedding (true CFG), 'none' leaves the negative alone."}),
+                "attn_mask": I.ATTN_MASK, **I.encoding_options(), "uncond": I.UNCOND,
                 "on_no_face": (list(ON_NO_FACE), {"default": "error", "tooltip": "When no reference image has a "
                                "usable face: stop with an error, or pass the model through unchanged (a warning "
                                "is logged)."}),
@@ -112,33 +84,152 @@ class ApplyPulidFlux:
     def apply_pulid_flux(self, model, pulid_flux, eva_clip, face_analysis, image, weight, start_at, end_at,
                          attn_mask=None, fusion="mean", face_order="largest", face_index=0, use_gray=True,
                          uncond="same", on_no_face="error"):
-        ids.check_model(model, pulid_flux, weight, start_at, end_at)
-        attn_mask = check_mask(attn_mask, "attn_mask")
-        try:
-            emb = ids.embed_references(pulid_flux, eva_clip, face_analysis, image, fusion, face_order, face_index,
-                                       use_gray)
-        except (support.NoFaceError, EmptyBatchError) as e:  # no photo with a face: what on_no_face is for
-            if on_no_face == "error":
-                raise
-            summary = getattr(e, "summary", f"PuLID-Flux: {e}")
-            log.warning("%s on_no_face is '%s': the model is returned without the identity.", summary, on_no_face)
-            return (model, torch.zeros(1, 64, 128, 3))
-        # the uncond tokens (one ID-encoder pass per PuLID model) only when true CFG reads them
-        uncond_tokens = pulid_flux.uncond_tokens() if uncond == "uncond_id" else None
-        patched = ids.patch_model(model, pulid_flux, emb.id_tokens, uncond_tokens, weight, start_at, end_at,
-                                  attn_mask, uncond)
-        return (patched, emb.preview)
+        return patching.apply_photos(model, pulid_flux, eva_clip, face_analysis, image, weight, start_at, end_at,
+                                     attn_mask, fusion, face_order, face_index, use_gray, uncond, on_no_face)
 
 
-NODE_CLASS_MAPPINGS = {
-    "PulidFluxModelLoader": PulidFluxModelLoader,
-    "PulidFluxInsightFaceLoader": PulidFluxInsightFaceLoader,
-    "PulidFluxEvaClipLoader": PulidFluxEvaClipLoader,
-    "ApplyPulidFlux": ApplyPulidFlux,
+class PulidFluxEncodeIdentity:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pulid_flux": I.PULID_FLUX, "eva_clip": I.EVA_CLIP, "face_analysis": I.FACE_ANALYSIS,
+                             "image": I.PHOTOS},
+                "optional": I.encoding_options()}
+
+    RETURN_TYPES = (I.IDENTITY, "IMAGE")
+    RETURN_NAMES = ("identity", "face_preview")
+    OUTPUT_TOOLTIPS = ("The person's ID tokens, ArcFace vectors and preview: save it, blend it or apply it.",
+                       "Aligned face | the face EVA-CLIP saw, for each photo used.")
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Encode a person once from photos; Apply identity then needs neither EVA-CLIP nor InsightFace."
+
+    def encode(self, pulid_flux, eva_clip, face_analysis, image, fusion="mean", face_order="largest", face_index=0,
+               use_gray=True):
+        identity, emb = identities.encode_identity(pulid_flux, eva_clip, face_analysis, image, fusion, face_order,
+                                                   face_index, use_gray)
+        return (identity, emb.preview)
+
+
+class PulidFluxApplyIdentity:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": I.MODEL, "pulid_flux": I.PULID_FLUX, "identity": I.IDENTITY_IN,
+                             **I.sampling_window()},
+                "optional": {"attn_mask": I.ATTN_MASK, "uncond": I.UNCOND}}
+
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with the identity patched in (a clone); same result as Apply PuLID-Flux on the "
+                       "same photos and settings.",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+
+    def apply(self, model, pulid_flux, identity, weight, start_at, end_at, attn_mask=None, uncond="same"):
+        return (patching.apply_identity(model, pulid_flux, identity, weight, start_at, end_at, attn_mask, uncond),)
+
+
+class PulidFluxSaveIdentity:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "identity": I.IDENTITY_IN,
+            "name": ("STRING", {"default": "person", "tooltip": "File name in models/pulid/identities (.safetensors "
+                                                                "is added); a plain name, no folders."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name; "
+                                                                   "otherwise the node stops with an error."}),
+        }}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    CATEGORY = CATEGORY
+
+    def save(self, identity, name, overwrite=False):
+        return {"ui": {"text": [identities.save_to_folder(identity, name, overwrite)]}}
+
+
+class PulidFluxLoadIdentity:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"identity_file": (folders.identity_files(), {
+            "tooltip": "An identity in models/pulid/identities (or an extra_model_paths.yaml pulid_identities "
+                       "folder)."})}}
+
+    RETURN_TYPES = (I.IDENTITY, "IMAGE")
+    RETURN_NAMES = ("identity", "preview")
+    OUTPUT_TOOLTIPS = ("The saved identity, bit-identical to the one that was saved.",
+                       "The saved face preview (aligned | parsed, 128 px), one row per photo.")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, identity_file):
+        return identities.file_state(identity_file)
+
+    def load(self, identity_file):
+        identity = identities.load_from_folder(identity_file)
+        return (identity, identity.preview.float() / 255.0)
+
+
+class PulidFluxBlendIdentities:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "identity_a": (I.IDENTITY, {"tooltip": "First person (ratio 0 gives exactly this identity)."}),
+            "identity_b": (I.IDENTITY, {"tooltip": "Second person (ratio 1 gives exactly this identity); made with "
+                                                   "the same PuLID-Flux file."}),
+            "ratio": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
+                                "tooltip": "Share of identity_b: (1 - ratio) * A + ratio * B of the ID tokens."}),
+        }}
+
+    RETURN_TYPES = (I.IDENTITY,)
+    OUTPUT_TOOLTIPS = ("A new face mixing the two people.",)
+    FUNCTION = "blend"
+    CATEGORY = CATEGORY
+
+    def blend(self, identity_a, identity_b, ratio):
+        return (blend_identities(identity_a, identity_b, ratio),)
+
+
+class PulidFluxFaceSimilarity:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"face_analysis": I.FACE_ANALYSIS,
+                         "images": ("IMAGE", {"tooltip": "The generated images to score (a batch)."})},
+            "optional": {
+                "identity": (I.IDENTITY, {"tooltip": "Compare with this identity's ArcFace (the mean of its photos)."}),
+                "reference": ("IMAGE", {"tooltip": "Or compare with the largest face of these photos (used when "
+                                                   "no identity is connected)."}),
+            },
+        }
+
+    RETURN_TYPES = ("FLOAT", "STRING", "INT", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("similarity", "report", "best_index", "best_image", "annotated")
+    OUTPUT_IS_LIST = (True, False, False, False, False)
+    OUTPUT_TOOLTIPS = ("ArcFace cosine similarity per image (1 = same face; 0 when no face was found), a list.",
+                       "The scores as text, one line per image.",
+                       "Index in the batch of the most similar image.",
+                       "The most similar image.",
+                       "Every image with its face boxes and scores drawn (best face green).")
+    OUTPUT_NODE = True
+    FUNCTION = "score"
+    CATEGORY = CATEGORY
+
+    def score(self, face_analysis, images, identity=None, reference=None):
+        return identities.face_similarity_node(face_analysis, images, identity, reference)
+
+
+NODES = {  # class name (saved in workflows) -> (class, display name)
+    "PulidFluxModelLoader": (PulidFluxModelLoader, "Load PuLID-Flux Model"),
+    "PulidFluxInsightFaceLoader": (PulidFluxInsightFaceLoader, "Load InsightFace (PuLID-Flux)"),
+    "PulidFluxEvaClipLoader": (PulidFluxEvaClipLoader, "Load EVA-CLIP (PuLID-Flux)"),
+    "ApplyPulidFlux": (ApplyPulidFlux, "Apply PuLID-Flux"),
+    "PulidFluxEncodeIdentity": (PulidFluxEncodeIdentity, "Encode identity (PuLID-Flux)"),
+    "PulidFluxApplyIdentity": (PulidFluxApplyIdentity, "Apply identity (PuLID-Flux)"),
+    "PulidFluxSaveIdentity": (PulidFluxSaveIdentity, "Save identity (PuLID-Flux)"),
+    "PulidFluxLoadIdentity": (PulidFluxLoadIdentity, "Load identity (PuLID-Flux)"),
+    "PulidFluxBlendIdentities": (PulidFluxBlendIdentities, "Blend identities (PuLID-Flux)"),
+    "PulidFluxFaceSimilarity": (PulidFluxFaceSimilarity, "Face similarity (PuLID-Flux)"),
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "PulidFluxModelLoader": "Load PuLID-Flux Model",
-    "PulidFluxInsightFaceLoader": "Load InsightFace (PuLID-Flux)",
-    "PulidFluxEvaClipLoader": "Load EVA-CLIP (PuLID-Flux)",
-    "ApplyPulidFlux": "Apply PuLID-Flux",
-}
+NODE_CLASS_MAPPINGS = {name: cls for name, (cls, _) in NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {name: title for name, (_, title) in NODES.items()}

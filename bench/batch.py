@@ -21,14 +21,14 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import comfy_harness as H  # noqa: E402
-import server_harness as S  # noqa: E402
+from support import comfy_harness as H  # noqa: E402
+from support import server_harness as S  # noqa: E402
 from common import REPO_ROOT, git_rev, machine  # noqa: E402
 
-from pulid_tools import graph as graphs  # noqa: E402
-from pulid_tools.batch_runner import BatchRunner  # noqa: E402
-from pulid_tools.jobs import make_jobs  # noqa: E402
-from pulid_tools.manifest import Manifest  # noqa: E402
+from pulid_tools.comfy_http import graph as graphs  # noqa: E402
+from pulid_tools.batch.runner import BatchRunner  # noqa: E402
+from pulid_tools.batch.jobs import make_jobs  # noqa: E402
+from pulid_tools.batch.manifest import Manifest  # noqa: E402
 
 TINY = ["1.unet_name=flux_test_1d1s.safetensors", f"3.vae_name={S.TEST_VAE}", "Image size.width=64",
         "Image size.height=64", "KSampler.steps=2"]
@@ -109,7 +109,7 @@ def main():
             server.__exit__(None, None, None)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    from aio_fake_comfy import FakeComfy
+    from support.aio_fake_comfy import FakeComfy
 
     fakes = [FakeComfy(run_s=0.0) for _ in range(2)]
     try:

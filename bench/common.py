@@ -65,7 +65,7 @@ class ComfyModels:
         sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
         if REPO_ROOT not in sys.path:
             sys.path.append(REPO_ROOT)  # after ComfyUI: both have a top-level `nodes`
-        import comfy_harness as H
+        from support import comfy_harness as H
 
         folder_paths = H.import_comfyui()
         self.root = root = tempfile.mkdtemp(prefix="pulid_bench_")  # ~3 GB of model files: remove when done

@@ -39,7 +39,7 @@ from encoders.curation.report import build_report, render_table  # noqa: E402
 from encoders.curation.selection import CurationError, curate  # noqa: E402
 from encoders.eva import eva_from_state_dict  # noqa: E402
 from pulid_flux import PulidFlux, encode_id  # noqa: E402
-from testing import encoder_fakes as fakes  # noqa: E402
+from support import encoder_fakes as fakes  # noqa: E402
 
 
 def full_size_encoders(root: str) -> tuple[FaceEncoders, torch.nn.Module]:

@@ -45,7 +45,7 @@ def main():
     photo = H.face_photo()
     image = torch.cat([photo if i % 2 == 0 else torch.flip(photo, dims=[2]) for i in range(args.photos)])
     env.apply(torch.flip(photo, dims=[1]).contiguous())  # warm-up on another photo, then forget everything
-    pack.comfy_support._cache.clear()
+    pack.comfy_layer.encoding._cache.clear()
     env.pulid.__dict__.pop("_uncond_tokens", None)
     mm.unload_all_models()
 

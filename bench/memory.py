@@ -27,7 +27,7 @@ def main():
     patched = env.apply(H.face_photo())[0]
     names = {id(model.model): "Flux diffusion model", id(pulid.ca.model): "PuLID ID cross-attentions (20)",
              id(pulid.encoder.model): "PuLID ID encoder (IDFormer)", id(eva.patcher.model): "EVA02-CLIP-L"}
-    for patcher in pack.comfy_support._parsers.values():
+    for patcher in pack.comfy_layer.models._parsers.values():
         names[id(patcher.model)] = "BiSeNet face parsing"
     seen = {}
 

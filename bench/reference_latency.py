@@ -76,7 +76,7 @@ def median_ms(fn, repeats: int) -> float:
 
 @torch.inference_mode()
 def measure(env: ComfyModels, counts, repeats: int, size: int) -> dict:
-    support, pipeline = env.pack.comfy_support, env.pack.encoders.pipeline
+    encoding, pipeline = env.pack.comfy_layer.encoding, env.pack.encoders.pipeline
     images = photos(size)
     batches = {n: torch.cat([images[i % len(images)] for i in range(n)]) for n in counts}
     work = Stopwatch()  # the per-image work inside a call
@@ -84,14 +84,14 @@ def measure(env: ComfyModels, counts, repeats: int, size: int) -> dict:
     originals = {"locate": encoders.locate, "_embed": encoders._embed}
     for name, fn in originals.items():
         setattr(encoders, name, work.wrap(fn))
-    original_encode_id = support.encode_id
-    support.encode_id = work.wrap(original_encode_id)  # the uncond pass calls it too: kept out of cold calls below
+    original_encode_id = encoding.encode_id
+    encoding.encode_id = work.wrap(original_encode_id)  # the ID encoder inside an encoding (not the uncond pass)
     try:
         env.apply(batches[counts[0]], uncond="uncond_id")  # warm-up: first-call allocations, uncond tokens cached
         total, inside = {n: [] for n in counts}, {n: [] for n in counts}
         for _ in range(repeats):
             for n in counts:
-                support._cache.clear()
+                encoding._cache.clear()
                 work.seconds = 0.0
                 start = time.perf_counter()
                 env.apply(batches[n], weight=1.0, uncond="uncond_id")
@@ -100,7 +100,7 @@ def measure(env: ComfyModels, counts, repeats: int, size: int) -> dict:
     finally:
         for name, fn in originals.items():
             setattr(encoders, name, fn)
-        support.encode_id = original_encode_id
+        encoding.encode_id = original_encode_id
 
     rows = [(n, statistics.median(total[n]), statistics.median(inside[n]),
              statistics.median(t - w for t, w in zip(total[n], inside[n]))) for n in counts]

@@ -58,7 +58,7 @@ def write_photos(folder: str) -> list[str]:
 
 def test_graph(steps: int, size: int) -> dict:
     """The basic API example for the test models (as tests/test_server_e2e.py builds it)."""
-    from server_harness import TEST_VAE
+    from support.server_harness import TEST_VAE
 
     with open(os.path.join(REPO_ROOT, "examples", "api", "pulid_flux_basic.json"), encoding="utf-8") as f:
         graph = json.load(f)
@@ -100,9 +100,9 @@ def soak(server, graph: dict, photos: list[str], prompts: int, warmup: int, weig
          timeout: float) -> dict:
     import asyncio
 
-    from pulid_tools import graph as graphs
-    from pulid_tools.api import ComfyAPI, ComfyError
-    from pulid_tools.websocket import run_prompt
+    from pulid_tools.comfy_http import graph as graphs
+    from pulid_tools.comfy_http.api import ComfyAPI, ComfyError
+    from pulid_tools.comfy_http.websocket import run_prompt
 
     async def run_one(g: dict) -> None:  # one session per prompt, as a headless `queue` call makes
         async with ComfyAPI(server.url) as api:
@@ -149,8 +149,8 @@ def main() -> int:
     parser.add_argument("--prepare", metavar="BASE", help=argparse.SUPPRESS)  # child process: write the models
     args = parser.parse_args()
 
-    import comfy_harness as H
-    import server_harness as S
+    from support import comfy_harness as H
+    from support import server_harness as S
     from common import machine
 
     if not os.environ.get("COMFYUI_PATH"):

@@ -34,7 +34,7 @@ def build(n_double, n_single, dtype, device):
     """Full-width FLUX.1 with few blocks, through ComfyUI's own loading path (its detection fills the config)."""
     import comfy.sd
 
-    from testing.flux_fakes import random_flux1_state_dict
+    from support.flux_fakes import random_flux1_state_dict
 
     state = random_flux1_state_dict(n_double, n_single, seed=0, dtype=dtype)
     patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
@@ -52,7 +52,7 @@ def main():
     args = ap.parse_args()
     import_comfyui(cpu=not args.gpu)
     from pulid_flux import OFFICIAL, PulidFlux, injection_points
-    from testing.pulid_fakes import random_state_dict
+    from support.pulid_fakes import random_state_dict
     from pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper
 
     device = "cuda" if args.gpu else "cpu"

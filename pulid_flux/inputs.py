@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 
 import torch
 
@@ -103,6 +104,16 @@ def check_mask(mask, name: str = "attn_mask") -> torch.Tensor | None:
                     name, low, high)
         return mask.float().clamp(0, 1)
     return mask
+
+
+def check_apply_inputs(weight, start_at, end_at) -> None:
+    """weight, start_at, end_at of the Apply nodes. ComfyUI's API lets NaN through its min/max checks
+    (NaN weight gives a black image, NaN start_at silently turns the identity off)."""
+    for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if start_at > end_at:
+        raise ValueError(f"start_at ({start_at}) must not be after end_at ({end_at}).")
 
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)

@@ -24,18 +24,26 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5)
 
 
-class PerceiverAttention(nn.Module):
-    """Latents attend to (context, latents); keys and values from both, queries from the latents."""
+class _AttentionLayers(nn.Module):
+    """The official attention parameters: norm1 on the keys' side, norm2 on the queries' side, to_q, to_kv, to_out
+    (registered in this order: the state dict keys follow it)."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int):
+    def __init__(self, query_dim: int, kv_dim: int, heads: int, dim_head: int):
         super().__init__()
         self.heads = heads
         inner = heads * dim_head
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.norm1 = nn.LayerNorm(kv_dim)
+        self.norm2 = nn.LayerNorm(query_dim)
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_kv = nn.Linear(kv_dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, query_dim, bias=False)
+
+
+class PerceiverAttention(_AttentionLayers):
+    """Latents attend to (context, latents); keys and values from both, queries from the latents."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__(dim, dim, heads, dim_head)
 
     def forward(self, context: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         context = self.norm1(context)
@@ -88,21 +96,14 @@ class IDFormer(nn.Module):
         return latents[:, :cfg.num_queries] @ self.proj_out
 
 
-class IDCrossAttention(nn.Module):
+class IDCrossAttention(_AttentionLayers):
     """Image tokens [B, L, img_dim] attend to ID tokens [B, T, output_dim]; returns the update [B, L, img_dim].
 
     Split into `id_kv` (once per ID embedding) and `attend` (per block call) so the keys and values of the
     32 ID tokens need not be recomputed at every step."""
 
     def __init__(self, img_dim: int, id_dim: int, heads: int, dim_head: int):
-        super().__init__()
-        self.heads = heads
-        inner = heads * dim_head
-        self.norm1 = nn.LayerNorm(id_dim)
-        self.norm2 = nn.LayerNorm(img_dim)
-        self.to_q = nn.Linear(img_dim, inner, bias=False)
-        self.to_kv = nn.Linear(id_dim, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, img_dim, bias=False)
+        super().__init__(img_dim, id_dim, heads, dim_head)
 
     def id_kv(self, id_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.to_kv(self.norm1(id_tokens)).chunk(2, dim=-1)

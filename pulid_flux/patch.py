@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import math
-import numbers
 import threading
 import weakref
 from typing import Any, Callable, Sequence
@@ -24,16 +22,6 @@ from .injection import add_id_attention, tokens_mask
 log = logging.getLogger(__name__)
 UNCOND_MODES = ("same", "uncond_id", "none")
 PATCH_SIZE = 2  # Flux packs 2x2 latent pixels into one token
-
-
-def check_apply_inputs(weight, start_at, end_at) -> None:
-    """The checks every Apply-like node makes on its numbers. ComfyUI's API lets NaN through its min/max checks
-    (NaN weight gives a black image, NaN start_at silently turns the identity off)."""
-    for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    if start_at > end_at:
-        raise ValueError(f"start_at ({start_at}) must not be after end_at ({end_at}).")
 
 
 class _Shared:
@@ -88,11 +76,21 @@ _this_thread = threading.local()
 _keys = itertools.count()
 
 
+def _with_thread_value(key: str, value, fn, *args, **kwargs):
+    """fn(*args, **kwargs) with this thread's `key` set to value, and the previous value back after it (runs and
+    calls nest: a sampler inside a node inside a sampler)."""
+    previous = getattr(_this_thread, key, None)
+    setattr(_this_thread, key, value)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        setattr(_this_thread, key, previous)
+
+
 class PulidApplication(_Shared):
     def __init__(self, ca: nn.ModuleList, id_tokens: torch.Tensor, uncond_tokens: torch.Tensor | None,
                  weight: float, start_at: float, end_at: float, percent_to_sigma: Callable[[float], float],
                  mask: torch.Tensor | None = None, uncond: str = "same", models: Sequence[Any] = ()):
-        check_apply_inputs(weight, start_at, end_at)
         if uncond not in UNCOND_MODES:
             raise ValueError(f"uncond must be one of {', '.join(UNCOND_MODES)}, got '{uncond}'")
         if uncond == "uncond_id" and uncond_tokens is None:
@@ -176,12 +174,9 @@ class PulidApplication(_Shared):
         holder = model_options.setdefault("transformer_options", {}) if isinstance(model_options, dict) else None
         if holder is not None:
             holder[self.run_key] = run
-        previous = getattr(_this_thread, self.run_key, None)
-        setattr(_this_thread, self.run_key, run)
         try:
-            return executor(*args, **kwargs)
+            return _with_thread_value(self.run_key, run, executor, *args, **kwargs)
         finally:
-            setattr(_this_thread, self.run_key, previous)
             if holder is not None and holder.get(self.run_key) is run:
                 del holder[self.run_key]
 
@@ -203,12 +198,7 @@ class PulidApplication(_Shared):
                                 f"start the cache after end_at.")
         call = ModelCall(run, self._window_open(options.get("sigmas", t), run.sigma_range))
         args, kwargs = with_transformer_options(original, (x, t) + args, kwargs, {self.call_key: call})
-        previous = getattr(_this_thread, self.call_key, None)
-        setattr(_this_thread, self.call_key, call)
-        try:
-            return executor(*args, **kwargs)
-        finally:
-            setattr(_this_thread, self.call_key, previous)
+        return _with_thread_value(self.call_key, call, executor, *args, **kwargs)
 
     def diffusion_model(self, executor, x, timestep, context, *args, **kwargs):
         """DIFFUSION_MODEL wrapper: record the generated image's token grid (Kontext reference tokens come after

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import client, graph
+from .client import command as client
+from .comfy_http import graph
 
 
 def main(argv=None) -> int:
@@ -14,17 +15,17 @@ def main(argv=None) -> int:
         "queue", help="run an API graph on a ComfyUI server (headless)", description=client.__doc__,
         epilog=graph.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
-    from . import batch
+    from .batch import command as batch
 
     batch.add_arguments(commands.add_parser(
         "batch", help="many images over one or more ComfyUI servers (resumable)", description=batch.__doc__,
         epilog=graph.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    from . import doctor  # light: the heavy imports happen inside its checks
+    from .doctor import command as doctor  # light: the heavy imports happen inside its checks
 
     doctor.add_arguments(commands.add_parser(
         "doctor", help="check the model files and encoders of a ComfyUI install", description=doctor.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
-    from . import identity_cli
+    from .identity import command as identity_cli
 
     identity_cli.add_arguments(commands.add_parser(
         "identity", help="encode a person's identity file from photos (no ComfyUI running)",

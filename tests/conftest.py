@@ -100,8 +100,8 @@ def comfy_models(tmp_path_factory):
     real-ComfyUI test, in-process or server: written once per run, removed at the end. Skips without ComfyUI."""
     import shutil
 
-    import comfy_harness as H
-    import server_harness as S
+    from support import comfy_harness as H
+    from support import server_harness as S
 
     H.import_comfyui()
     root = tmp_path_factory.mktemp("models")

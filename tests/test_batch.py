@@ -6,12 +6,12 @@ import os
 
 import pytest
 
-from aio_fake_comfy import FakeComfy, identity_bytes
-from pulid_tools import api as comfy_api
-from pulid_tools import graph as graphs
+from support.aio_fake_comfy import FakeComfy, identity_bytes
+from pulid_tools.comfy_http import api as comfy_api
+from pulid_tools.comfy_http import graph as graphs
 from pulid_tools.__main__ import main
-from pulid_tools.batch import summary
-from pulid_tools.jobs import make_jobs
+from pulid_tools.batch.command import summary
+from pulid_tools.batch.jobs import make_jobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASIC = os.path.join(REPO, "examples", "api", "pulid_flux_basic.json")
@@ -188,7 +188,7 @@ def test_a_refused_graph_stops_the_batch_with_comfyuis_message(fake, tmp_path, f
 
 
 def test_a_manifest_cut_short_by_a_crash_keeps_every_whole_record(tmp_path):
-    from pulid_tools.manifest import Manifest
+    from pulid_tools.batch.manifest import Manifest
 
     whole = {"key": "a" * 32, "status": "done", "prompt": "x", "files": ["a.png"], "scores": None}
     failed = {"key": "b" * 32, "status": "failed", "prompt": "x", "error": "no face"}

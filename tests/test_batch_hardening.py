@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from aio_fake_comfy import DROPPED_SAVE_IMAGE, FakeComfy, hung_server
+from support.aio_fake_comfy import DROPPED_SAVE_IMAGE, FakeComfy, hung_server
 from pulid_tools.__main__ import main
-from pulid_tools.batch import summary
+from pulid_tools.batch.command import summary
 from test_batch import BASIC, PNG, face, fake  # noqa: F401 - the stand-in server and photo fixtures, shared
 
 
@@ -84,7 +84,7 @@ def test_out_under_a_regular_file_exits_2_with_one_line(fake, tmp_path, face, pr
 
 
 def test_an_unwritable_out_folder_exits_2_with_the_reason(fake, tmp_path, face, prompts, capsys, monkeypatch):
-    import pulid_tools.manifest as manifest
+    import pulid_tools.batch.manifest as manifest
 
     real_open = os.open
 
@@ -197,7 +197,7 @@ def test_a_set_typo_is_an_error_listing_the_inputs(fake, tmp_path, face, prompts
 
 
 def test_a_set_with_a_huge_number_or_deep_list_is_kept_as_text():
-    from pulid_tools import graph as graphs
+    from pulid_tools.comfy_http import graph as graphs
 
     assert graphs.parse_assignment("3.steps=" + "1" * 5000) == ("3", "steps", "1" * 5000)
     assert graphs.parse_assignment("3.steps=" + "[" * 100000) == ("3", "steps", "[" * 100000)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import comfy_harness as H
-import server_harness as S
-from pulid_tools.batch import summary
+from support import comfy_harness as H
+from support import server_harness as S
+from pulid_tools.batch.command import summary
 
 pytestmark = pytest.mark.comfyui
 RUN_TIMEOUT_S = 600  # generous: a busy 2-core machine; a healthy run takes a fraction of it

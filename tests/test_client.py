@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from aio_fake_comfy import DROPPED_SAVE_IMAGE
-from pulid_tools import graph as graphs
+from support.aio_fake_comfy import DROPPED_SAVE_IMAGE
+from pulid_tools.comfy_http import graph as graphs
 from pulid_tools.__main__ import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

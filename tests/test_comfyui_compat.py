@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-import tolerance as tol
+from support import tolerance as tol
 from test_comfyui_nodes import apply, dit_patch, env, sample  # noqa: F401 - env is a fixture
 
 pytestmark = pytest.mark.comfyui

@@ -12,8 +12,8 @@ import threading
 import pytest
 import torch
 
-import comfy_harness as H
-import family_models as F
+from support import comfy_harness as H
+from support import family_models as F
 
 pytestmark = pytest.mark.comfyui
 ROUNDS = 2  # concurrent repeats of each pair: a race shows up in at least one of them
@@ -45,7 +45,7 @@ def cenv(tmp_path_factory):
     pack = H.import_pack(str(root))
     import nodes as comfy_nodes
     from pulid_flux import OFFICIAL, PulidFlux
-    from testing.pulid_fakes import random_state_dict
+    from support.pulid_fakes import random_state_dict
 
     unet = os.path.join(str(root), "flux1_1d1s.safetensors")
     save_file(F.flux1(), unet)  # a file: deepclone_multigpu reloads the model through the loader that made it
@@ -58,9 +58,9 @@ def cenv(tmp_path_factory):
     e.model = comfy.sd.load_diffusion_model(unet)
     weights = PulidFlux(OFFICIAL)
     weights.load_state_dict(random_state_dict(OFFICIAL, seed=1, dtype=torch.float32))
-    cs = pack.comfy_support
-    e.pulid = cs.PulidModel("test.safetensors", weights, cs.managed(weights.pulid_encoder, torch.float32),
-                            cs.managed(weights.pulid_ca, torch.float32))
+    layer = pack.comfy_layer
+    e.pulid = layer.models.PulidModel("test.safetensors", weights, layer.models.managed(weights.pulid_encoder, torch.float32),
+                            layer.models.managed(weights.pulid_ca, torch.float32))
     g = torch.Generator().manual_seed(5)
     e.id_tokens = torch.randn(1, OFFICIAL.num_queries, OFFICIAL.output_dim, generator=g)
     e.uncond_tokens = torch.randn(1, OFFICIAL.num_queries, OFFICIAL.output_dim, generator=g)
@@ -69,7 +69,7 @@ def cenv(tmp_path_factory):
 
 
 def patched(e, weight=1.0, start_at=0.0, end_at=1.0, mask=None, uncond="same"):
-    return e.pack.identity_support.patch_model(e.model, e.pulid, e.id_tokens, e.uncond_tokens, weight, start_at,
+    return e.pack.comfy_layer.patching.patch_model(e.model, e.pulid, e.id_tokens, e.uncond_tokens, weight, start_at,
                                                end_at, mask, uncond)
 
 
@@ -171,7 +171,7 @@ def test_a_copy_on_another_device_carries_its_own_pulid_weights(cenv):
     # MultiGPU first, Apply after: the twin predates the patch
     base = cenv.model.clone()
     base.set_additional_models("multigpu", [base.deepclone_multigpu(new_load_device=other)])
-    late = cenv.pack.identity_support.patch_model(base, cenv.pulid, cenv.id_tokens, None, 1.0, 0.0, 1.0)
+    late = cenv.pack.comfy_layer.patching.patch_model(base, cenv.pulid, cenv.id_tokens, None, 1.0, 0.0, 1.0)
     late.match_multigpu_clones()
     late_app = late.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].app
     _own_weights(late.get_additional_models_with_key("multigpu")[0], late_app)

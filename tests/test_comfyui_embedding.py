@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import comfy_harness as H
-import tolerance as tol
+from support import comfy_harness as H
+from support import tolerance as tol
 from test_math import reference_idformer
 
 pytestmark = pytest.mark.comfyui
@@ -34,8 +34,8 @@ def tiny(tmp_path_factory):
     folder_paths = H.import_comfyui()
     root = tmp_path_factory.mktemp("tiny")
     pack = H.import_pack(str(root))
-    support = pack.comfy_support
-    from testing import encoder_fakes, pulid_fakes
+    layer = pack.comfy_layer
+    from support import encoder_fakes, pulid_fakes
 
     models = root / "models"
     encoder_fakes.write_antelopev2(str(models / "insightface" / "models" / "antelopev2"))
@@ -51,13 +51,13 @@ def tiny(tmp_path_factory):
         pass
 
     t = Tiny()
-    t.pack, t.support, t.cfg = pack, support, cfg
-    t.pulid = support.PulidModel("tiny", model, support.managed(model.pulid_encoder, torch.float32),
-                                 support.managed(model.pulid_ca, torch.float32))
+    t.pack, t.layer, t.cfg = pack, layer, cfg
+    t.pulid = layer.models.PulidModel("tiny", model, layer.models.managed(model.pulid_encoder, torch.float32),
+                                 layer.models.managed(model.pulid_ca, torch.float32))
     eva = pack.encoders.load_eva_clip(eva_path, "cpu", torch.float32, encoder_fakes.TINY_EVA)
-    t.eva = support.EvaModel(eva_path, support.managed(eva, torch.float32))
+    t.eva = layer.models.EvaModel(eva_path, layer.models.managed(eva, torch.float32))
     insightface_root = str(models / "insightface")
-    t.faces = support.FaceAnalysisModel(insightface_root, "CPU",
+    t.faces = layer.models.FaceAnalysisModel(insightface_root, "CPU",
                                         pack.encoders.load_face_analysis(insightface_root, "CPU"))
     t.flux = H.tiny_flux(cfg.img_dim)  # Apply only checks the model: nothing is sampled
     t.images = photos_512()
@@ -104,7 +104,7 @@ def test_uncond_tokens_are_the_id_encoder_on_zeros(tiny):
 
 def test_uncond_tokens_computed_once_across_apply_calls(tiny, zero_passes, monkeypatch):
     monkeypatch.setattr(tiny.pulid, "_uncond", None, raising=False)
-    monkeypatch.setattr(tiny.support, "_cache", OrderedDict())
+    monkeypatch.setattr(tiny.layer.encoding, "_cache", OrderedDict())
     app = apply(tiny, tiny.images[0:1], "same")
     assert app.uncond_tokens is None and zero_passes() == 0  # not needed, not computed
     seen = [apply(tiny, tiny.images[i:i + 1], "uncond_id").uncond_tokens for i in range(3)]
@@ -115,7 +115,7 @@ def test_uncond_tokens_computed_once_across_apply_calls(tiny, zero_passes, monke
 
 
 def test_uncond_tokens_follow_the_weights_when_cast_or_replaced(tiny, zero_passes):
-    from testing import pulid_fakes
+    from support import pulid_fakes
 
     encoder = tiny.pulid.encoder.model.inner
     original = {k: v.clone() for k, v in encoder.state_dict().items()}
@@ -159,9 +159,9 @@ def test_uncond_tokens_follow_the_weights_when_cast_or_replaced(tiny, zero_passe
 def test_reference_images_are_one_batch_equal_to_one_at_a_time(tiny, monkeypatch):
     import comfy.utils
 
-    support, images = tiny.support, tiny.images
-    monkeypatch.setattr(support, "_cache", OrderedDict())
-    eva, parser = tiny.eva.module, support.face_parser().model.inner
+    layer, images = tiny.layer, tiny.images
+    monkeypatch.setattr(layer.encoding, "_cache", OrderedDict())
+    eva, parser = tiny.eva.module, layer.models.face_parser().model.inner
     idformer = tiny.pulid.encoder.model.inner
     eva_batches, parser_batches, id_inputs, progress = [], [], [], []
     hooks = [eva.register_forward_pre_hook(lambda m, args: eva_batches.append(args[0].shape[0])),
@@ -176,7 +176,7 @@ def test_reference_images_are_one_batch_equal_to_one_at_a_time(tiny, monkeypatch
 
     monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", update)
     try:
-        emb = support.embed_references(tiny.pulid, tiny.eva, tiny.faces, images, "concat", "largest", 0, True)
+        emb = layer.encoding.embed_references(tiny.pulid, tiny.eva, tiny.faces, images, "concat", "largest", 0, True)
     finally:
         for hook in hooks:
             hook.remove()
@@ -186,7 +186,7 @@ def test_reference_images_are_one_batch_equal_to_one_at_a_time(tiny, monkeypatch
     assert emb.used == list(range(n)) and len(id_inputs) == 1
     id_cond, hidden = id_inputs[0]
 
-    encoders = support.FaceEncoders(tiny.faces.analysis, eva, parser)
+    encoders = layer.encoding.FaceEncoders(tiny.faces.analysis, eva, parser)
     for i in range(n):
         single = encoders.encode(images[i:i + 1])[0]
         tol.assert_close(id_cond[i:i + 1], single.id_cond, torch.float32, tol.NETWORK)  # batched vs single
@@ -204,11 +204,11 @@ def test_encoders_leave_the_compute_device_only_when_that_frees_it(tiny):
     encoding a full load; one that really moves (GPU -> CPU, here CPU -> meta) is unloaded."""
     import comfy.model_management as mm
 
-    support = tiny.support
-    stays = support.managed(torch.nn.Linear(2, 2), torch.float32, offload_device=torch.device("cpu"))
-    moves = support.managed(torch.nn.Linear(2, 2), torch.float32, offload_device=torch.device("meta"))
+    layer = tiny.layer
+    stays = layer.models.managed(torch.nn.Linear(2, 2), torch.float32, offload_device=torch.device("cpu"))
+    moves = layer.models.managed(torch.nn.Linear(2, 2), torch.float32, offload_device=torch.device("meta"))
     mm.load_models_gpu([stays, moves])
-    support.offload(stays, moves)
+    layer.models.offload(stays, moves)
     loaded = [m.model for m in mm.current_loaded_models]
     assert any(m is stays for m in loaded) and not any(m is moves for m in loaded)
     assert moves.model.inner.weight.device.type == "meta" and stays.model.inner.weight.device.type == "cpu"

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-import family_models as F
+from support import family_models as F
 from test_comfyui_concurrent import cenv, patched, sample  # noqa: F401 - cenv is a fixture
 
 pytestmark = pytest.mark.comfyui
@@ -27,7 +27,7 @@ def test_other_families_are_refused_before_anything_is_patched(cenv, monkeypatch
 
     pack = cenv.pack
     embeds = []
-    monkeypatch.setattr(pack.comfy_support, "embed_references", lambda *a, **k: embeds.append(1))
+    monkeypatch.setattr(pack.comfy_layer.encoding, "embed_references", lambda *a, **k: embeds.append(1))
     apply_node = pack.NODE_CLASS_MAPPINGS["ApplyPulidFlux"]()
     identity_node = pack.NODE_CLASS_MAPPINGS["PulidFluxApplyIdentity"]()
     tried = []
@@ -41,7 +41,7 @@ def test_other_families_are_refused_before_anything_is_patched(cenv, monkeypatch
                 lambda: apply_node.apply_pulid_flux(model, cenv.pulid, None, None, torch.zeros(1, 64, 64, 3), 1.0,
                                                     0.0, 1.0),
                 lambda: identity_node.apply(model, cenv.pulid, object(), 1.0, 0.0, 1.0),
-                lambda: pack.identity_support.patch_model(model, cenv.pulid, cenv.id_tokens, None, 1.0, 0.0, 1.0)):
+                lambda: pack.comfy_layer.patching.patch_model(model, cenv.pulid, cenv.id_tokens, None, 1.0, 0.0, 1.0)):
             with pytest.raises(ValueError) as e:
                 attempt()
             message = str(e.value)
@@ -68,16 +68,16 @@ def test_flux1_still_patches_and_its_base_model_stays_bit_identical(cenv):
 
 def test_a_pulid_file_made_for_another_width_is_still_refused(cenv):
     from pulid_flux import TINY, PulidFlux
-    from testing.pulid_fakes import random_state_dict
+    from support.pulid_fakes import random_state_dict
 
-    cs = cenv.pack.comfy_support
+    layer = cenv.pack.comfy_layer
     weights = PulidFlux(TINY)
     weights.load_state_dict(random_state_dict(TINY, dtype=torch.float32))
-    tiny = cs.PulidModel("tiny.safetensors", weights, cs.managed(weights.pulid_encoder, torch.float32),
-                         cs.managed(weights.pulid_ca, torch.float32))
+    tiny = layer.models.PulidModel("tiny.safetensors", weights, layer.models.managed(weights.pulid_encoder, torch.float32),
+                         layer.models.managed(weights.pulid_ca, torch.float32))
     before = _state(cenv.model)
     tokens = torch.zeros(1, TINY.num_queries, TINY.output_dim)
     with pytest.raises(ValueError, match=f"This Flux model has hidden size 3072; tiny.safetensors is made for "
                                          f"{TINY.img_dim}."):
-        cenv.pack.identity_support.patch_model(cenv.model, tiny, tokens, None, 1.0, 0.0, 1.0)
+        cenv.pack.comfy_layer.patching.patch_model(cenv.model, tiny, tokens, None, 1.0, 0.0, 1.0)
     assert _state(cenv.model) == before

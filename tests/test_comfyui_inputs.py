@@ -46,7 +46,7 @@ def test_bad_masks_are_refused_at_apply_by_both_apply_nodes(env, identity, monke
     """Before: an empty mask batch reached the sampler (ZeroDivisionError there), a NaN mask silently turned the
     identity off, a 4-D mask failed inside a block patch."""
     encoded = []
-    monkeypatch.setattr(env.pack.comfy_support, "embed_references", lambda *a, **k: encoded.append(1))
+    monkeypatch.setattr(env.pack.comfy_layer.encoding, "embed_references", lambda *a, **k: encoded.append(1))
     with pytest.raises(ValueError) as e:
         apply(env, attn_mask=mask)
     assert str(e.value).startswith(message)
@@ -135,54 +135,54 @@ def eva_folders(env, tmp_path, monkeypatch):
                             ([str(path)], set(folder_paths.supported_pt_extensions)))
     monkeypatch.setattr(folder_paths, "filename_list_cache", {})
     loaded = []
-    monkeypatch.setattr(env.pack.comfy_support, "load_eva_clip",
+    monkeypatch.setattr(env.pack.comfy_layer.models, "load_eva_clip",
                         lambda path, *a, **k: (loaded.append(os.fspath(path)), torch.nn.Linear(1, 1))[1])
     return folders, loaded
 
 
 def test_eva_auto_skips_a_dangling_link_with_a_warning(env, eva_folders, tmp_path, caplog):
     """Before: TypeError (expected str, bytes or os.PathLike object, not NoneType), even with a good file present."""
-    support = env.pack.comfy_support
+    layer = env.pack.comfy_layer
     folders, loaded = eva_folders
     (folders["clip_vision"] / "eva02_gone.pt").symlink_to(tmp_path / "deleted.pt")
-    assert support.eva_candidates()[0] == "clip_vision/eva02_gone.pt"
+    assert layer.folders.eva_candidates()[0] == "clip_vision/eva02_gone.pt"
     with caplog.at_level(logging.WARNING, logger="PuLID-Flux"):
         chosen = node(env, "PulidFluxEvaClipLoader").load_eva_clip("auto")[0]
     assert chosen.path == env.eva.path and loaded == [env.eva.path]
     warnings = [r.getMessage() for r in caplog.records if "skipping EVA-CLIP" in r.getMessage()]
     assert warnings == ["PuLID-Flux: skipping EVA-CLIP candidate clip_vision/eva02_gone.pt: eva02_gone.pt: a symbolic "
                         f"link to a file that does not exist ({tmp_path / 'deleted.pt'})."]
-    with pytest.raises(support.EncoderModelError) as e:  # chosen by name: the same reason, and the fix
+    with pytest.raises(layer.models.EncoderModelError) as e:  # chosen by name: the same reason, and the fix
         node(env, "PulidFluxEvaClipLoader").load_eva_clip("clip_vision/eva02_gone.pt")
     assert "a symbolic link to a file that does not exist" in str(e.value) and "Fix: restore the file" in str(e.value)
 
 
 def test_eva_is_looked_for_in_clip_vision_first_then_pulid_then_clip(env, eva_folders):
-    support = env.pack.comfy_support
+    layer = env.pack.comfy_layer
     folders, loaded = eva_folders
     for name in ("pulid", "clip_vision"):
         (folders[name] / "eva02_clip_l_336.safetensors").symlink_to(env.eva.path)
-    names = support.eva_candidates()
+    names = layer.folders.eva_candidates()
     assert names[:2] == ["clip_vision/eva02_clip_l_336.safetensors", "pulid/eva02_clip_l_336.safetensors"]
     assert names[2].startswith("text_encoders/")  # models/clip, where older instructions put it: still found
-    assert support.EvaModel.load().path == str(folders["clip_vision"] / "eva02_clip_l_336.safetensors")
+    assert layer.models.EvaModel.load().path == str(folders["clip_vision"] / "eva02_clip_l_336.safetensors")
 
 
 def test_eva_errors_name_clip_vision_and_every_broken_candidate(env, eva_folders, tmp_path, monkeypatch):
-    support = env.pack.comfy_support
+    layer = env.pack.comfy_layer
     folders, _ = eva_folders
     with monkeypatch.context() as patch, pytest.raises(FileNotFoundError) as e:
-        patch.setattr(support, "eva_candidates", lambda: [])
-        support.EvaModel.load()
+        patch.setattr(layer.folders, "eva_candidates", lambda: [])
+        layer.models.EvaModel.load()
     assert f"in {folders['clip_vision']}, {folders['pulid']}, " in str(e.value)
     assert "put it in models/clip_vision/" in str(e.value)
     (folders["clip_vision"] / "eva02_gone.pt").symlink_to(tmp_path / "deleted.pt")
     (folders["pulid"] / "eva02_broken.pt").write_bytes(b"not a checkpoint")
-    monkeypatch.setattr(support, "find_eva_files", lambda choice: [
+    monkeypatch.setattr(layer.folders, "find_eva_files", lambda choice: [
         ("clip_vision/eva02_gone.pt", None), ("pulid/eva02_broken.pt", str(folders["pulid"] / "eva02_broken.pt"))])
-    monkeypatch.setattr(support, "load_eva_clip", env.pack.encoders.load_eva_clip)
-    with pytest.raises(support.EncoderModelError) as e:
-        support.EvaModel.load()
+    monkeypatch.setattr(layer.models, "load_eva_clip", env.pack.encoders.load_eva_clip)
+    with pytest.raises(layer.models.EncoderModelError) as e:
+        layer.models.EvaModel.load()
     lines = str(e.value).splitlines()
     assert lines[0] == "None of the 2 EVA-CLIP files loads:"
     assert lines[1].startswith("  - clip_vision/eva02_gone.pt: eva02_gone.pt: a symbolic link to a file that does")
@@ -190,15 +190,15 @@ def test_eva_errors_name_clip_vision_and_every_broken_candidate(env, eva_folders
 
 
 def test_damaged_antelopev2_file_is_named_by_load_insightface(env, tmp_path, monkeypatch):
-    from testing import encoder_fakes
+    from support import encoder_fakes
 
-    support = env.pack.comfy_support
+    layer = env.pack.comfy_layer
     folder = encoder_fakes.write_antelopev2(str(tmp_path / "insightface" / "models" / "antelopev2"))
     path = os.path.join(folder, "glintr100.onnx")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-    monkeypatch.setattr(support, "_folders", lambda name: [str(tmp_path / "insightface")])
-    with pytest.raises(support.EncoderModelError) as e:
+    monkeypatch.setattr(layer.folders, "folders_of", lambda name: [str(tmp_path / "insightface")])
+    with pytest.raises(layer.models.EncoderModelError) as e:
         node(env, "PulidFluxInsightFaceLoader").load_insightface("CPU")
     assert str(e.value).startswith(f"glintr100.onnx in {folder} is damaged: onnxruntime cannot read it (")
     assert "Fix: download it again" in str(e.value)

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-import comfy_harness as H
+from support import comfy_harness as H
 
 pytestmark = pytest.mark.comfyui
 
@@ -78,7 +78,7 @@ def test_patch_changes_output_and_unpatched_model_stays_bit_identical(env):
 def test_embedding_is_cached_across_weight_changes(env, monkeypatch):
     apply(env, weight=1.0)
     calls = []
-    monkeypatch.setattr(env.pack.comfy_support, "FaceEncoders", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(env.pack.comfy_layer.encoding, "FaceEncoders", lambda *a, **k: calls.append(1))
     apply(env, weight=0.3, start_at=0.2, end_at=0.9)
     assert calls == []
 
@@ -92,8 +92,8 @@ def test_cache_key_follows_content_not_identity(env, monkeypatch, inference):
     with torch.inference_mode(inference):
         image[:, :64] = 0.25 if inference else 0.5  # in place: same tensor object, content not seen before
     calls = []
-    real = env.pack.comfy_support.FaceEncoders
-    monkeypatch.setattr(env.pack.comfy_support, "FaceEncoders", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    real = env.pack.comfy_layer.encoding.FaceEncoders
+    monkeypatch.setattr(env.pack.comfy_layer.encoding, "FaceEncoders", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     apply(env, image=image)
     assert calls == [1]
     apply(env, image=env.image.clone())  # equal content, new tensor: cached
@@ -253,7 +253,7 @@ def test_no_face_messages_fit_the_chosen_on_no_face(env, caplog):
 @pytest.mark.parametrize("height,width", [(2, 4000), (4000, 2), (1, 1), (1, 5000)])
 def test_extreme_aspect_reference_is_no_usable_face_not_an_opencv_crash(env, height, width):
     image = torch.full((1, height, width, 3), 0.5)
-    with pytest.raises(env.pack.comfy_support.NoFaceError) as e:
+    with pytest.raises(env.pack.comfy_layer.encoding.NoFaceError) as e:
         apply(env, image=image)
     assert f"image 1: the image is {width}x{height} px" in str(e.value) and "too small or too narrow" in str(e.value)
     assert apply(env, image=image, on_no_face="return model unchanged")[0] is env.model
@@ -263,7 +263,7 @@ def test_extreme_aspect_reference_is_no_usable_face_not_an_opencv_crash(env, hei
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 def test_non_finite_numbers_are_refused_naming_the_input(env, monkeypatch, name, value):
     calls = []
-    monkeypatch.setattr(env.pack.comfy_support, "embed_references", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(env.pack.comfy_layer.encoding, "embed_references", lambda *a, **k: calls.append(1))
     values = {**dict(weight=1.0, start_at=0.0, end_at=1.0), name: value}
     with pytest.raises(ValueError) as e:
         apply(env, **values)
@@ -282,16 +282,16 @@ def test_non_flux_model_is_refused(env):
 def test_tiny_flux_loaded_through_comfyui_detection(env, monkeypatch):
     """A narrow FLUX.1 (tiny PuLID layout) whose config ComfyUI derives from the key layout."""
     pack = env.pack
-    from testing import pulid_fakes as fakes
+    from support import pulid_fakes as fakes
     cfg = pack.pulid_flux.TINY
     model = H.tiny_flux(cfg.img_dim, double=3, single=5, std=0.1)
     tiny = pack.pulid_flux.PulidFlux(cfg)
     tiny.load_state_dict(fakes.random_state_dict(cfg, dtype=torch.float32))
-    tiny_bundle = pack.comfy_support.PulidModel("tiny", tiny, pack.comfy_support.managed(tiny.pulid_encoder, torch.float32),
-                                                pack.comfy_support.managed(tiny.pulid_ca, torch.float32))
+    tiny_bundle = pack.comfy_layer.models.PulidModel("tiny", tiny, pack.comfy_layer.models.managed(tiny.pulid_encoder, torch.float32),
+                                                pack.comfy_layer.models.managed(tiny.pulid_ca, torch.float32))
     tokens = torch.randn(1, cfg.num_queries, cfg.output_dim)
-    fake = pack.comfy_support.Embedding(tokens, torch.zeros(1, 8, 16, 3), [0], {})
-    monkeypatch.setattr(pack.comfy_support, "embed_references", lambda *a, **k: fake)
+    fake = pack.comfy_layer.encoding.Embedding(tokens, torch.zeros(1, 8, 16, 3), [0], {})
+    monkeypatch.setattr(pack.comfy_layer.encoding, "embed_references", lambda *a, **k: fake)
     positive = [[torch.randn(1, 4, 32), {"pooled_output": torch.randn(1, 16)}]]
     negative = [[torch.randn(1, 4, 32), {"pooled_output": torch.randn(1, 16)}]]
     node = pack.nodes.ApplyPulidFlux()
@@ -319,30 +319,30 @@ def test_fp8_weights_flux_works(env, weight_dtype):
 
 
 def test_missing_model_files_name_the_folder_and_the_download(env, tmp_path, monkeypatch):
-    support = env.pack.comfy_support
-    monkeypatch.setattr(support, "_folders", lambda name: [str(tmp_path / name)])
+    layer = env.pack.comfy_layer
+    monkeypatch.setattr(layer.folders, "folders_of", lambda name: [str(tmp_path / name)])
     with pytest.raises(FileNotFoundError) as e:
-        support.FaceAnalysisModel.load("CPU")
+        layer.models.FaceAnalysisModel.load("CPU")
     assert "scrfd_10g_bnkps.onnx" in str(e.value) and str(tmp_path / "insightface") in str(e.value)
-    monkeypatch.setattr(support, "_parsers", {})
+    monkeypatch.setattr(layer.models, "_parsers", {})
     with pytest.raises(FileNotFoundError, match="parsing_bisenet.pth not found in .*facexlib"):
-        support.face_parser()
-    monkeypatch.setattr(support, "eva_candidates", lambda: [])
+        layer.models.face_parser()
+    monkeypatch.setattr(layer.folders, "eva_candidates", lambda: [])
     with pytest.raises(FileNotFoundError, match="No EVA02-CLIP file found.*EVA02_CLIP_L_336_psz14_s6B.pt"):
-        support.EvaModel.load()
+        layer.models.EvaModel.load()
     with pytest.raises(Exception, match="not in any models/pulid folder"):
-        support.PulidModel.load("nope.safetensors")
+        layer.models.PulidModel.load("nope.safetensors")
 
 
 def test_antelopev2_in_the_wrong_folder_keeps_the_fix_line(env, tmp_path, monkeypatch):
-    from testing import encoder_fakes
+    from support import encoder_fakes
 
-    support = env.pack.comfy_support
+    layer = env.pack.comfy_layer
     empty, wrong = tmp_path / "first", tmp_path / "insightface"
     encoder_fakes.write_antelopev2(str(wrong / "antelopev2"))  # one level too high: root/antelopev2/*.onnx
-    monkeypatch.setattr(support, "_folders", lambda name: [str(empty), str(wrong)])
+    monkeypatch.setattr(layer.folders, "folders_of", lambda name: [str(empty), str(wrong)])
     with pytest.raises(FileNotFoundError) as e:
-        support.FaceAnalysisModel.load("CPU")
+        layer.models.FaceAnalysisModel.load("CPU")
     message = str(e.value)
     expected = str(wrong / "models" / "antelopev2")
     assert f"found scrfd_10g_bnkps.onnx, glintr100.onnx in {wrong / 'antelopev2'}" in message
@@ -353,10 +353,10 @@ def test_antelopev2_in_the_wrong_folder_keeps_the_fix_line(env, tmp_path, monkey
 def test_eva_auto_skips_a_broken_candidate(env, tmp_path, monkeypatch):
     broken = tmp_path / "eva02_broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    support = env.pack.comfy_support
-    monkeypatch.setattr(support, "find_eva_files", lambda choice: [("pulid/eva02_broken.pt", str(broken)),
+    layer = env.pack.comfy_layer
+    monkeypatch.setattr(layer.folders, "find_eva_files", lambda choice: [("pulid/eva02_broken.pt", str(broken)),
                                                                      ("clip/eva02.pt", env.eva.path)])
-    assert support.EvaModel.load().path == env.eva.path
-    monkeypatch.setattr(support, "find_eva_files", lambda choice: [("pulid/eva02_broken.pt", str(broken))])
-    with pytest.raises(support.EncoderModelError, match="eva02_broken.pt"):
-        support.EvaModel.load()
+    assert layer.models.EvaModel.load().path == env.eva.path
+    monkeypatch.setattr(layer.folders, "find_eva_files", lambda choice: [("pulid/eva02_broken.pt", str(broken))])
+    with pytest.raises(layer.models.EncoderModelError, match="eva02_broken.pt"):
+        layer.models.EvaModel.load()

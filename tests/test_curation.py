@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import curation_fixtures as fx
+from support import curation_fixtures as fx
 from encoders.curation.figures import (ARCFACE_DIM, face_size, head_pose, leave_one_out,
                                        measure_references, sharpness, unit_rows)
 from encoders.curation.selection import (BLURRED, CONSISTENT, NO_FACE, OTHER_PERSON, STRONG_TURN, TOO_SMALL,

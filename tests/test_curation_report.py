@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import curation_fixtures as fx
+from support import curation_fixtures as fx
 from encoders.curation.copying import (POSE_TOLERANCE, TYPICAL_SAME_PERSON_COSINE, describe, landmark_distance,
                                        likeness_and_copy, rank_best_of_n)
 from encoders.curation.figures import ARCFACE_DIM, measure_references

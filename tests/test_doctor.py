@@ -13,10 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from testing import encoder_fakes as enc_fakes
+from support import encoder_fakes as enc_fakes
 from pulid_flux import TINY
-from testing.pulid_fakes import write_pulid_file
-from pulid_tools import catalog, doctor, model_paths, versions
+from support.pulid_fakes import write_pulid_file
+from pulid_tools.doctor import catalog
+from pulid_tools.doctor import command as doctor
+from pulid_tools import model_paths
+from pulid_tools import versions
 
 COMFYUI = os.path.abspath(os.environ["COMFYUI_PATH"]) if os.environ.get("COMFYUI_PATH") else None
 
@@ -310,7 +313,8 @@ def test_a_pack_installed_under_a_base_directory_makes_that_the_base(tmp_path, m
     ({"onnxruntime": "1.32.0"}, False, "ok", None, None),
 ])
 def test_onnxruntime_builds_are_judged_by_install_py_s_rule(monkeypatch, builds, cuda, status, problem, would):
-    from pulid_tools import doctor_checks, onnxruntime_setup
+    from pulid_tools.doctor import checks as doctor_checks
+    from pulid_tools import onnxruntime_setup
 
     monkeypatch.setattr(doctor_checks, "onnxruntime_builds", lambda: dict(builds))
     monkeypatch.setattr(onnxruntime_setup, "cuda_present", lambda: cuda)

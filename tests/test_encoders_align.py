@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-import tolerance as tol
+from support import tolerance as tol
 
 from encoders.images import FFHQ_TEMPLATE_512, align_face, ffhq_affine, limit_long_side, pad_for_detection, \
     to_rgb_list

@@ -4,10 +4,10 @@ import os
 import pytest
 import torch
 
-import tolerance as tol
+from support import tolerance as tol
 from encoders import EncoderModelError, load_eva_clip
 from encoders.eva import EvaConfig, build_timm_eva, read_eva_state_dict
-from testing import encoder_fakes as fakes
+from support import encoder_fakes as fakes
 
 TINY = fakes.TINY_EVA
 

@@ -10,7 +10,7 @@ import pytest
 from encoders import EncoderModelError
 from encoders.faces import (DetectedFace, arcface_embedding, choose_face, detect_faces, find_antelopev2,
                             load_face_analysis, onnx_providers, order_faces)
-from testing import encoder_fakes as fakes
+from support import encoder_fakes as fakes
 
 
 def astronaut_bgr():

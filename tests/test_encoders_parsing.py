@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-import tolerance as tol
+from support import tolerance as tol
 from encoders import EncoderModelError
 from encoders.parsing import face_features_image, load_face_parser, parse_labels
-from testing import encoder_fakes as fakes
+from support import encoder_fakes as fakes
 
 
 @pytest.fixture(scope="module")

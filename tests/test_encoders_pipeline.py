@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tolerance as tol
+from support import tolerance as tol
 from encoders import FaceEncoders, FaceResult, NoFace, load_face_analysis
 from encoders.images import align_face
 from encoders.parsing import face_features_image, parse_labels
-from testing import encoder_fakes as fakes
+from support import encoder_fakes as fakes
 
 
 def astronaut_rgb():

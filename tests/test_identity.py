@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tolerance as tol
+from support import tolerance as tol
 from encoders import load_face_analysis
 from encoders import similarity
 from pulid_flux import identity as ident
 from pulid_flux.identity import IdentityFileError
 from pulid_flux.identity_store import identity_file_name
-from testing import encoder_fakes as fakes
-from testing.pulid_fakes import write_pulid_file
+from support import encoder_fakes as fakes
+from support.pulid_fakes import write_pulid_file
 
 
 def make_identity(seed=0, tokens=32, width=2048, refs=2, fingerprint="f" * 32, fusion="mean"):

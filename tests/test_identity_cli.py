@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-import comfy_harness as H
-from pulid_tools import identity_cli
+from support import comfy_harness as H
+from pulid_tools.identity import command as identity_cli
 
 
 def run(*args, timeout=120):

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-import comfy_harness as H
-import tolerance as tol
+from support import comfy_harness as H
+from support import tolerance as tol
 
 pytestmark = pytest.mark.comfyui
 
@@ -91,8 +91,8 @@ def test_save_load_apply_identity_is_bit_identical_to_apply_pulid_flux(env, cfg,
 
 
 def test_identity_uncond_tokens_are_the_embeddings_uncond_tokens(env):
-    support = env.pack.comfy_support
-    emb = support.embed_references(env.pulid, env.eva, env.faces, env.image, "mean", "largest", 0, True)
+    layer = env.pack.comfy_layer
+    emb = layer.encoding.embed_references(env.pulid, env.eva, env.faces, env.image, "mean", "largest", 0, True)
     identity, _ = encode(env)
     # the ID encoder on zeros, as test_comfyui_embedding checks against an independent computation
     assert torch.equal(identity.uncond_tokens, env.pulid.uncond_tokens())
@@ -122,7 +122,7 @@ def test_apply_identity_loads_no_encoder(env, monkeypatch):
     probed.set_additional_models("pulid_probe", [env.pulid.ca])
     sample(env, probed)
     # every BiSeNet loaded so far in this process (earlier test modules register their own models folders)
-    encoders = [env.eva.patcher, env.pulid.encoder] + list(env.pack.comfy_support._parsers.values())
+    encoders = [env.eva.patcher, env.pulid.encoder] + list(env.pack.comfy_layer.models._parsers.values())
     assert len(encoders) >= 3
     assert seen and any(m is env.pulid.ca for m in seen)  # the cross-attentions are loaded while sampling
     for m in encoders:
@@ -212,13 +212,13 @@ def test_identities_folder_keeps_yaml_entries_first(env):
     paths = env.folder_paths.get_folder_paths("pulid_identities")
     assert paths[0] == env.identities
     assert os.path.join(env.folder_paths.models_dir, "pulid", "identities") in paths
-    assert env.pack.identity_support.save_folder() == env.identities
+    assert env.pack.comfy_layer.folders.save_folder() == env.identities
 
 
 def test_encode_identity_shares_the_embedding_cache(env, monkeypatch):
     encode(env)
     calls = []
-    monkeypatch.setattr(env.pack.comfy_support, "FaceEncoders", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(env.pack.comfy_layer.encoding, "FaceEncoders", lambda *a, **k: calls.append(1))
     identity, _ = encode(env)
     env.pack.nodes.ApplyPulidFlux().apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, env.image, 0.5, 0.0, 1.0)
     assert calls == [] and identity.meta["references"] == "1"

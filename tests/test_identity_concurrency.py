@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-import comfy_harness as H
+from support import comfy_harness as H
 from pulid_flux import identity as ident
 from test_identity_files import GOOD, make_identity
 from test_identity_upload import UploadServer, multipart
@@ -66,7 +66,7 @@ def test_save_and_upload_of_one_name_at_once(tmp_path):
     server = UploadServer(folder)
     identity = make_identity(7)
 
-    def save(overwrite):  # what Save identity does (identity_support.save_to_folder), without ComfyUI
+    def save(overwrite):  # what Save identity does (comfy_layer.identities.save_to_folder), without ComfyUI
         from pulid_flux.identity_store import identity_file_name
 
         ident.save_identity(identity, os.path.join(folder, identity_file_name("same")), overwrite)
@@ -84,7 +84,7 @@ def test_save_identity_node_and_upload_of_one_name_at_once(tmp_path):
     os.makedirs(folder)
     folder_paths.add_model_folder_path("pulid_identities", folder, is_default=True)
     pack = H.import_pack(str(tmp_path))
-    assert pack.identity_support.save_folder() == folder
+    assert pack.comfy_layer.folders.save_folder() == folder
     identity = pack.pulid_flux.identity.read_identity_bytes(ident.identity_bytes(make_identity(7)))
     node = pack.NODE_CLASS_MAPPINGS["PulidFluxSaveIdentity"]()
     server = UploadServer(folder, pack.pulid_flux.identity_upload.handle_upload)  # the handler the route registers

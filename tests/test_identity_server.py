@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-import comfy_harness as H
-import server_harness as S
-import tolerance as tol
+from support import comfy_harness as H
+from support import server_harness as S
+from support import tolerance as tol
 
 pytestmark = pytest.mark.comfyui
 ROUTE = "/pulid_flux/identities"
@@ -24,7 +24,7 @@ def server(tmp_path_factory):
     H.import_comfyui()
     from skimage import data
 
-    from testing import encoder_fakes as fakes
+    from support import encoder_fakes as fakes
 
     base = str(tmp_path_factory.mktemp("identity_base"))
     os.makedirs(os.path.join(base, "custom_nodes"))

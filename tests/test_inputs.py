@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from encoders.images import to_rgb_list
 from pulid_flux import tokens_mask
-from pulid_flux.inputs import EmptyBatchError, InputError, check_images, check_mask
+from pulid_flux.inputs import EmptyBatchError, InputError, check_apply_inputs, check_images, check_mask
 
 NAN, INF = float("nan"), float("inf")
 
@@ -194,3 +194,16 @@ def test_property_check_mask_refuses_with_input_error_or_gives_a_usable_mask(mas
     assert bool(torch.isfinite(weights).all()) and 0 <= float(weights.min()) and float(weights.max()) <= 1
     if used.is_floating_point():
         assert math.isfinite(float(used.min())) and 0 <= float(used.min()) and float(used.max()) <= 1
+
+
+def test_apply_inputs_must_be_finite_and_ordered():
+    check_apply_inputs(1.0, 0.0, 1.0)
+    check_apply_inputs(-1, 0.5, 0.5)
+    for name, values in (("weight", (float("nan"), 0.0, 1.0)), ("start_at", (1.0, float("nan"), 1.0)),
+                         ("end_at", (1.0, 0.0, float("inf"))), ("weight", (float("-inf"), 0.0, 1.0))):
+        bad = values[("weight", "start_at", "end_at").index(name)]
+        with pytest.raises(ValueError) as e:
+            check_apply_inputs(*values)
+        assert str(e.value) == f"{name} must be a finite number, got {bad}."
+    with pytest.raises(ValueError, match=r"^start_at \(0.6\) must not be after end_at \(0.4\)"):
+        check_apply_inputs(1.0, 0.6, 0.4)

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-import tolerance as tol
+from support import tolerance as tol
 from pulid_flux import (OFFICIAL, TINY, PulidFlux, add_id_attention, encode_id, encode_uncond_id,
                         fuse_id_tokens, injection_points, make_id_cond, tokens_mask)
-from testing.pulid_fakes import random_state_dict
+from support.pulid_fakes import random_state_dict
 
 D = torch.float64
 

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-import tolerance as tol
-from mini_flux import MiniFlux
+from support import tolerance as tol
+from support.mini_flux import MiniFlux
 from pulid_flux import TINY, PulidFlux
 from test_patch import app_for, id_tokens, inputs, patch_options, run
-from testing.pulid_fakes import random_state_dict
+from support.pulid_fakes import random_state_dict
 
 
 @pytest.fixture(scope="module")

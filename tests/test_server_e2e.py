@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import comfy_harness as H
-import server_harness as S
+from support import comfy_harness as H
+from support import server_harness as S
 from test_workflows import API_FILES, COMPAT_FILES, GGUF_NODES, UI_FILES, check_api_graph, check_ui_workflow
 
 pytestmark = pytest.mark.comfyui

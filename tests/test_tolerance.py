@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-import tolerance as tol
+from support import tolerance as tol
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])

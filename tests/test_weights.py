@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pulid_flux import OFFICIAL, TINY, PulidWeightsError, load_pulid_flux
-from testing.pulid_fakes import random_state_dict, write_pulid_file
+from support.pulid_fakes import random_state_dict, write_pulid_file
 
 
 def official_layout():

@@ -17,8 +17,8 @@ import types
 
 import pytest
 
-import comfy_harness as H
-from pulid_tools import catalog
+from support import comfy_harness as H
+from pulid_tools.doctor import catalog
 
 REPO = H.REPO_ROOT
 UI_FILES = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
@@ -72,7 +72,7 @@ def _module(name, **attrs):
 
 
 def pack_definitions_without_comfyui(tmp_root) -> dict:
-    """Import the pack with stand-ins for the ComfyUI modules nodes.py and comfy_support.py import, read the
+    """Import the pack with stand-ins for the ComfyUI modules nodes.py and comfy_layer/ import, read the
     definitions, then remove every trace (stubs and the pack's modules) from sys.modules."""
     folder_paths = _module("folder_paths", models_dir=os.path.join(str(tmp_root), "models"),
                            folder_names_and_paths={}, get_filename_list=lambda name: [],

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from .model_paths import ConfigError, ModelFolders, list_files, resolve
+from ..model_paths import ConfigError, ModelFolders, list_files, resolve
 
 PULID_PREFERRED = ("pulid_flux_v0.9.1.safetensors", "pulid_flux_v0.9.0.safetensors")
 PT_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
@@ -64,7 +64,7 @@ def _files(folders: ModelFolders, name: str, extensions=PT_EXTENSIONS) -> dict[s
 
 
 def find_pulid(folders: ModelFolders, choice: str | None) -> tuple[str, str]:
-    from .doctor_checks import _is_eva_name
+    from ..doctor.checks import _is_eva_name
 
     files = {k: v for k, v in _files(folders, "pulid").items()
              if not k.startswith("identities/") and not _is_eva_name(k)}
@@ -86,7 +86,7 @@ def find_pulid(folders: ModelFolders, choice: str | None) -> tuple[str, str]:
 
 
 def find_eva(folders: ModelFolders, choice: str) -> list[str]:
-    from .doctor_checks import eva_candidates
+    from ..doctor.checks import eva_candidates
 
     candidates = eva_candidates(folders)
     if choice != "auto":
@@ -133,7 +133,7 @@ def read_photo(path: str):
 
 def encode_identity_file(args) -> str:
     """Everything the command does; returns the path written. Raises SetupError."""
-    from .doctor_checks import import_pack_parts
+    from ..doctor.checks import import_pack_parts
 
     encoders, pulid_flux = import_pack_parts()
     import numpy as np

@@ -16,10 +16,10 @@ import os
 import sys
 import time
 
-from . import graph as graphs
-from .api import REPLY_TIMEOUT_S, ComfyAPI, ComfyError, ServerURLError, parse_server
-from .manifest import OutputError, check_output_folder, os_reason
-from .websocket import run_prompt
+from ..comfy_http import graph as graphs
+from ..comfy_http.api import REPLY_TIMEOUT_S, ComfyAPI, ComfyError, ServerURLError, parse_server
+from ..batch.manifest import OutputError, check_output_folder, os_reason
+from ..comfy_http.websocket import run_prompt
 
 DEFAULT_SERVER = os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188")
 

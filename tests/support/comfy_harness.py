@@ -8,7 +8,7 @@ import tempfile
 import pytest
 import torch
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACK_NAME = "comfyui_pulid_flux_under_test"
 
 
@@ -65,7 +65,7 @@ def import_pack(tmp_root: str):
 def flux_unet_state_dict(double=1, single=1, seed=0, dtype=torch.float16):
     """Full-width FLUX.1 (hidden 3072, 24 heads) with few blocks, in the official key layout, random weights:
     ComfyUI's UNETLoader / `comfy.sd.load_diffusion_model_state_dict` detect it as FLUX.1 dev."""
-    from testing.flux_fakes import random_flux1_state_dict
+    from support.flux_fakes import random_flux1_state_dict
 
     return random_flux1_state_dict(double, single, seed=seed, dtype=dtype)
 
@@ -94,7 +94,7 @@ def tiny_flux(hidden: int, heads: int = 2, axes_dim=(4, 10, 10), double: int = 1
     assert hidden == heads * sum(axes_dim), "hidden = heads x head width (the sum of axes_dim)"
     widths = dict(hidden=hidden, heads=heads, context_in_dim=context_in_dim, vec_in_dim=vec_in_dim,
                   mlp_ratio=mlp_ratio, guidance=False)
-    from testing.flux_fakes import random_flux1_state_dict
+    from support.flux_fakes import random_flux1_state_dict
 
     state = random_flux1_state_dict(double, single, seed=seed, dtype=torch.float32, std=std, **widths)
     config = comfy.model_detection.detect_unet_config(state, "")
@@ -116,9 +116,9 @@ def tiny_flux(hidden: int, heads: int = 2, axes_dim=(4, 10, 10), double: int = 1
 def write_models(models_dir: str, flux_double=1, flux_single=1) -> dict:
     from safetensors.torch import save_file
 
-    from testing import encoder_fakes as enc_fakes
+    from support import encoder_fakes as enc_fakes
     from pulid_flux import OFFICIAL
-    from testing.pulid_fakes import write_pulid_file
+    from support.pulid_fakes import write_pulid_file
 
     paths = {
         "pulid": write_pulid_file(os.path.join(models_dir, "pulid", "pulid_flux_v0.9.1.safetensors"), OFFICIAL, seed=1,

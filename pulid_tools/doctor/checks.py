@@ -10,10 +10,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import catalog, onnxruntime_setup, versions
-from .model_paths import ModelFolders, list_files
+from . import catalog
+from .. import onnxruntime_setup
+from .. import versions
+from ..model_paths import ModelFolders, list_files
 
-PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PT_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pt2", ".pkl", ".sft"}
 EVA_NAME_HINTS = ("eva02", "eva_clip", "eva-clip", "evaclip")  # comfy_support.EVA_NAME_HINTS
 # The order comfy_support.eva_candidates uses: ComfyUI's home for image encoders first, then the older places.

@@ -23,10 +23,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .api import REPLY_TIMEOUT_S, ComfyAPI, ComfyError, PromptFailed, PromptRefused, ServerUnavailable, parse_server
+from ..comfy_http.api import REPLY_TIMEOUT_S, ComfyAPI, ComfyError, PromptFailed, PromptRefused, ServerUnavailable, parse_server
 from .jobs import Job, server_graph
 from .manifest import Manifest, OutputError, output_images, scores_of
-from .websocket import run_prompt
+from ..comfy_http.websocket import run_prompt
 
 MAX_BACKOFF_S = 30.0
 

@@ -12,8 +12,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from . import graph as graphs
-from .api import content_digest
+from ..comfy_http import graph as graphs
+from ..comfy_http.api import content_digest
 
 JOB_FIELDS = ("prompt", "negative", "seed", "weight", "face", "set")
 

@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-import comfy_harness as H
+from support import comfy_harness as H
 
 PACK_DIR_NAME = "ComfyUI-PuLID-Flux"
 TEST_VAE = "taef1_test.safetensors"

@@ -10,9 +10,10 @@ import os
 import sys
 import time
 
-from . import doctor_checks as checks, versions
-from .doctor_checks import Finding
-from .model_paths import ConfigError, resolve
+from . import checks
+from .. import versions
+from .checks import Finding
+from ..model_paths import ConfigError, resolve
 
 MARKS = {"ok": "[ok]  ", "warn": "[warn]", "fail": "[FAIL]"}  # ASCII: Windows consoles may lack the glyphs
 PREVIEW_NAME, DETECTIONS_NAME = "pulid_face_preview.png", "pulid_face_preview_detections.png"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from . import identity_support as ids
-from .pulid_flux.identity_upload import handle_upload
+from .folders import identity_files, save_folder
+from ..pulid_flux.identity_upload import handle_upload
 
 ROUTE = "/pulid_flux/identities"
 
@@ -28,10 +28,10 @@ def register_routes() -> bool:
 
     @routes.get(ROUTE)
     async def list_identities(request):
-        return web.json_response({"identities": sorted(ids.identity_files())})
+        return web.json_response({"identities": sorted(identity_files())})
 
     @routes.post(ROUTE)
     async def upload_identity(request):
-        return await handle_upload(request, ids.save_folder())
+        return await handle_upload(request, save_folder())
 
     return True

@@ -26,10 +26,10 @@ import signal
 import sys
 import time
 
-from . import graph as graphs
-from .api import REPLY_TIMEOUT_S, ServerURLError, parse_server
-from .batch_runner import BatchRunner, first_line
-from .client import DEFAULT_SERVER, server_from_environment
+from ..comfy_http import graph as graphs
+from ..comfy_http.api import REPLY_TIMEOUT_S, ServerURLError, parse_server
+from .runner import BatchRunner, first_line
+from ..client.command import DEFAULT_SERVER, server_from_environment
 from .jobs import make_jobs
 from .manifest import REJECTED, Manifest, OutputError, check_output_folder, read_manifest
 

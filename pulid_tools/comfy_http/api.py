@@ -14,7 +14,7 @@ import uuid
 import aiohttp
 
 from . import graph as graphs
-from .versions import PACK_VERSION
+from ..versions import PACK_VERSION
 
 IDENTITY_ROUTE = "/pulid_flux/identities"
 WS_MAX_MESSAGE = 64 * 1024 * 1024  # previews are the largest messages ComfyUI sends

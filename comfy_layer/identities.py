@@ -1,0 +1,98 @@
+"""Identities in ComfyUI: encode one from photos (the embedding cache Apply uses), load and save them in the
+identities folder, the fingerprint of the PuLID file behind a loaded model, and Face similarity."""
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+
+import torch
+
+import folder_paths
+
+from ..pulid_flux.identity import (Identity, IdentityFileError, build_identity, file_fingerprint, load_identity,
+                                   save_identity, tensors_fingerprint)
+from ..pulid_flux.identity_store import identity_file_name
+from ..pulid_flux.inputs import check_images
+from . import encoding
+from .folders import FOLDER, save_folder
+from .models import PulidModel
+
+log = logging.getLogger("PuLID-Flux")
+_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def pulid_fingerprint(pulid: PulidModel) -> str:
+    """The content fingerprint of the PuLID-Flux file behind a loaded model; cached per loaded model."""
+    found = _fingerprints.get(pulid)
+    if found is None:
+        path = folder_paths.get_full_path("pulid", pulid.name) if "pulid" in folder_paths.folder_names_and_paths else None
+        found = file_fingerprint(path) if path and os.path.isfile(path) else tensors_fingerprint(pulid.model.state_dict())
+        _fingerprints[pulid] = found
+    return found
+
+
+def encode_identity(pulid, eva, faces, image, fusion="mean", face_order="largest", face_index=0,
+                    use_gray=True) -> tuple[Identity, encoding.Embedding]:
+    """The reference photos -> an identity (and the embedding with its full-size preview). Uses the embedding
+    cache ApplyPulidFlux uses, so encoding the same photos twice costs nothing. Raises NoFaceError."""
+    emb = encoding.embed_references(pulid, eva, faces, image, fusion, face_order, face_index, use_gray)
+    if emb.arcface is None:  # the file format promises unit ArcFace rows; zeros would be refused on load
+        raise ValueError("this embedding has no ArcFace vectors, so it cannot become an identity: encode the photos "
+                         "again with Encode identity.")
+    identity = build_identity(emb.id_tokens, pulid.uncond_tokens(), emb.arcface, emb.preview,
+                              pulid_file=pulid.name, pulid_fingerprint=pulid_fingerprint(pulid), fusion=fusion,
+                              face_order=face_order, face_index=face_index, use_gray=use_gray,
+                              references=len(emb.used))
+    return identity, emb
+
+
+def load_from_folder(file_name: str) -> Identity:
+    path = folder_paths.get_full_path(FOLDER, file_name)
+    if path is None:
+        raise IdentityFileError(file_name, f"not in any identities folder "
+                                           f"({', '.join(folder_paths.get_folder_paths(FOLDER))}).",
+                                "save it with Save identity or upload it (POST /pulid_flux/identities), then refresh "
+                                "the list.")
+    return load_identity(path)
+
+
+def file_state(file_name: str) -> str:
+    """For IS_CHANGED: a file replaced on disk (overwrite) is read again."""
+    path = folder_paths.get_full_path(FOLDER, file_name)
+    if path is None:
+        return "missing"
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def save_to_folder(identity: Identity, name: str, overwrite: bool) -> str:
+    file_name = identity_file_name(name)
+    return save_identity(identity, os.path.join(save_folder(), file_name), overwrite)
+
+
+def face_similarity_node(faces, images, identity: Identity | None = None, reference=None) -> dict:
+    """Face similarity: each generated image's ArcFace cosine to the identity's mean ArcFace, or to the reference
+    photo(s)' (one of the two must be given); the node's UI message and outputs."""
+    import numpy as np
+
+    from ..encoders import similarity
+
+    check_images(images, "images")
+    notes = []
+    if identity is not None:
+        target = identity.mean_arcface()
+    elif reference is not None:
+        check_images(reference, "reference")
+        rows, notes = similarity.reference_embedding(faces.analysis, reference)
+        target = torch.nn.functional.normalize(rows.mean(0), dim=0)
+    else:
+        raise ValueError("Face similarity needs an identity or a reference image: connect one of them.")
+    scores = similarity.score_images(faces.analysis, images, target)
+    text = "\n".join(notes + [similarity.report(scores)])
+    best = max(range(len(scores)), key=lambda i: scores[i].score)
+    rgb = (images.detach().cpu().float().clamp(0, 1)[..., :3] * 255).round().to(torch.uint8).numpy()
+    annotated = torch.from_numpy(np.stack([similarity.annotate(rgb[i], s) for i, s in enumerate(scores)])) / 255.0
+    values = [float(s.score) for s in scores]
+    return {"ui": {"pulid_similarity": values, "text": [text]},
+            "result": (values, text, best, images[best:best + 1].clone(), annotated.float())}

@@ -1,0 +1,48 @@
+"""Every node input that more than one node has, declared once: type, default, range and tooltip. Nodes build their
+INPUT_TYPES from these, so the same input reads the same everywhere. Widget order is part of saved workflows:
+nodes list these in their historical order, and inputs added later come after end_at, optional."""
+from __future__ import annotations
+
+from ..encoders import FACE_ORDERS
+from ..pulid_flux import FUSION_MODES
+from ..pulid_flux.patch import UNCOND_MODES
+
+IDENTITY = "PULIDFLUX_IDENTITY"
+
+MODEL = ("MODEL", {"tooltip": "A Flux model; it is cloned, never changed."})
+PULID_FLUX = ("PULIDFLUX", {"tooltip": "From Load PuLID-Flux Model. An identity works with the PuLID-Flux file it "
+                                       "was made with (another one logs a warning)."})
+EVA_CLIP = ("EVA_CLIP", {"tooltip": "From Load EVA-CLIP (PuLID-Flux)."})
+FACE_ANALYSIS = ("FACEANALYSIS", {"tooltip": "From Load InsightFace (PuLID-Flux): face detection and ArcFace."})
+PHOTOS = ("IMAGE", {"tooltip": "One or more reference photos of the person (a batch); each needs a visible face."})
+IDENTITY_IN = (IDENTITY, {"tooltip": "A person's identity: from Encode identity, Load identity or Blend identities."})
+
+WEIGHT = ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
+                    "tooltip": "Strength of the identity (official range 0..3, default 1)."})
+START_AT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                      "tooltip": "Fraction of sampling before the ID applies; later starts keep more of the prompt's "
+                                 "composition (photoreal: ~0.15)."})
+END_AT = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                    "tooltip": "Fraction of sampling after which the ID stops."})
+ATTN_MASK = ("MASK", {"tooltip": "Apply this identity only where the mask is white; two Apply nodes with "
+                                 "complementary masks give two people."})
+UNCOND = (list(UNCOND_MODES), {"default": "same", "tooltip": "With CFG > 1: 'same' applies the ID to the negative "
+          "too (old packs), 'uncond_id' gives the negative the official uncond ID embedding (true CFG), 'none' leaves "
+          "the negative alone."})
+
+FUSION = (list(FUSION_MODES), {"default": "mean", "tooltip": "How several reference photos combine: mean of their "
+          "ID tokens, concat (all tokens), max_token, max. Use 'mean' for identities you want to blend."})
+FACE_ORDER = (list(FACE_ORDERS), {"default": "largest", "tooltip": "Which face when a photo has several: sort "
+              "order, then face_index picks one."})
+FACE_INDEX = ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Position in face_order."})
+USE_GRAY = ("BOOLEAN", {"default": True, "tooltip": "Gray face for EVA-CLIP, as official PuLID."})
+
+
+def encoding_options() -> dict:
+    """The optional inputs that choose how photos are encoded (Apply PuLID-Flux and Encode identity), in order."""
+    return {"fusion": FUSION, "face_order": FACE_ORDER, "face_index": FACE_INDEX, "use_gray": USE_GRAY}
+
+
+def sampling_window() -> dict:
+    """weight, start_at, end_at: the required inputs of both Apply nodes, in order."""
+    return {"weight": WEIGHT, "start_at": START_AT, "end_at": END_AT}
