@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-import comfy_harness as H
-import server_harness as S
+from support import comfy_harness as H
+from support import server_harness as S
 
 pytestmark = pytest.mark.comfyui
 RUN_TIMEOUT_S = 300
@@ -145,7 +145,8 @@ def sampling_graph(identity_node: dict, weight: float = 1.0) -> dict:
                                                    "sampler_name": "euler", "scheduler": "simple",
                                                    "positive": ["5", 0], "negative": ["5", 0],
                                                    "latent_image": ["6", 0], "denoise": 1.0}},
-        "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": f"cards/{uuid.uuid4().hex}"}},
+        "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0],
+                                                     "filename_prefix": f"cards/{uuid.uuid4().hex}"}},
     }
 
 

@@ -19,7 +19,7 @@ def test_help_names_the_options():
     result = subprocess.run([sys.executable, "-m", "pulid_tools", "identity", "--help"], cwd=H.REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for option in ("--face", "--models", "--out", "--overwrite", "--pulid", "--eva", "--fusion"):
+    for option in ("--face", "--models", "--out", "--card", "--overwrite", "--pulid", "--eva", "--fusion"):
         assert option in result.stdout
 
 
@@ -76,3 +76,17 @@ def test_out_follows_the_identity_name_rule(tmp_path):
         result = run("--face", "x.png", "--models", str(tmp_path), "--out", str(tmp_path / name))
         assert result.returncode == 1 and problem in result.stderr and "Rule: " in result.stderr, result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_card_is_a_png_not_overwritten_and_one_output_is_needed(tmp_path):
+    existing = tmp_path / "a.png"
+    existing.write_bytes(b"keep")
+    result = run("--face", "x.png", "--models", str(tmp_path), "--card", str(existing))
+    assert result.returncode == 1 and f"--card {existing} exists: choose another name or add --overwrite" in \
+        result.stderr
+    result = run("--face", "x.png", "--models", str(tmp_path), "--out", str(tmp_path / "b.safetensors"),
+                 "--card", str(tmp_path / "b.jpg"))
+    assert result.returncode == 1 and "identity cards are PNG files" in result.stderr
+    result = run("--face", "x.png", "--models", str(tmp_path))
+    assert result.returncode == 1 and "give --out NAME.safetensors, --card NAME.png, or both" in result.stderr
+    assert os.listdir(tmp_path) == ["a.png"] and existing.read_bytes() == b"keep"
