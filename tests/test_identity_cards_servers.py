@@ -158,6 +158,11 @@ def load_card(image):
     return {"class_type": "PulidFluxLoadIdentityCard", "inputs": {"image": image}}
 
 
+def card_preview(image):
+    """Load identity card and a Preview Image of its preview (a prompt needs an output node)."""
+    return {"1": load_card(image), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 1]}}}
+
+
 def sampled_latent(server, graph) -> torch.Tensor:
     from safetensors.torch import load
 
@@ -194,7 +199,7 @@ def test_a_card_made_on_one_server_and_media_synced_to_another_samples_bit_ident
     short = short_fingerprint(identity.fingerprint)
     for server, label in ((first, "alice.safetensors"), (second, "alice copy.png")):
         assert f"applying identity {label} ({short})" in server.log_tail(200_000), server.log_tail()
-    loaded = run(second, {"1": load_card(on_second)})  # Load identity card's text names the fingerprint
+    loaded = run(second, card_preview(on_second))  # Load identity card's text names the fingerprint
     assert short in loaded["outputs"]["1"]["text"][0]
 
 
@@ -206,13 +211,13 @@ def test_a_stripped_or_damaged_card_gets_a_clear_error(servers, identity):
     resaved = io.BytesIO()
     Image.open(io.BytesIO(card)).save(resaved, "PNG")  # what an editor, a chat app or Save Image keeps
     stripped = media_sync_upload(second, "stripped.png", resaved.getvalue())
-    message = error_of(run(second, {"1": load_card(stripped)}))
+    message = error_of(run(second, card_preview(stripped)))
     assert message.startswith("stripped.png: is a PNG picture with no PuLID-Flux identity inside"), message
     assert "use the original card file" in message
 
     at = card.index(b"puLi") + 200
     damaged = media_sync_upload(second, "damaged.png", card[:at] + bytes([card[at] ^ 0x20]) + card[at + 1:])
-    message = error_of(run(second, {"1": load_card(damaged)}))
+    message = error_of(run(second, card_preview(damaged)))
     assert message.startswith("damaged.png: the identity chunk is damaged (its CRC does not match)"), message
     assert server_still_serves(second)
 
