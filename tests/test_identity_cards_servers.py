@@ -199,8 +199,9 @@ def test_a_card_made_on_one_server_and_media_synced_to_another_samples_bit_ident
     short = short_fingerprint(identity.fingerprint)
     for server, label in ((first, "alice.safetensors"), (second, "alice copy.png")):
         assert f"applying identity {label} ({short})" in server.log_tail(200_000), server.log_tail()
-    loaded = run(second, card_preview(on_second))  # Load identity card's text names the fingerprint
-    assert short in loaded["outputs"]["1"]["text"][0]
+    fresh = media_sync_upload(second, "alice again.png", card)  # a name no cached node output holds
+    loaded = run(second, card_preview(fresh))  # Load identity card's text names the fingerprint
+    assert short in loaded["outputs"]["1"]["text"][0], loaded["outputs"]
 
 
 def test_a_stripped_or_damaged_card_gets_a_clear_error(servers, identity):
