@@ -177,7 +177,9 @@ class PulidFluxLoadIdentity:
         return identities.load_node(identity_file)
 
 
-class PulidFluxLoadIdentityCard:
+class PulidFluxLoadIdentityCard(PulidFluxLoadIdentity):
+    """Load identity's outputs, from a card in the input folder instead of a file in the identities folder."""
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": (cards.card_files(), {
@@ -185,12 +187,8 @@ class PulidFluxLoadIdentityCard:
                                              "pulid_tools identity --card`) in ComfyUI's input folder: upload or drag "
                                              "it here. Copies re-saved by other programs lose the identity."})}}
 
-    RETURN_TYPES = (I.IDENTITY, "IMAGE")
-    RETURN_NAMES = ("identity", "preview")
     OUTPUT_TOOLTIPS = ("The identity inside the card, bit-identical to the identity file it was made from.",
-                       "The face preview (aligned | parsed, 128 px), one row per photo.")
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
+                       PulidFluxLoadIdentity.OUTPUT_TOOLTIPS[1])
     DESCRIPTION = ("Load an identity from an identity card (a PNG that carries it), e.g. on a ComfyUI-Distributed "
                    "worker.")
 

@@ -29,27 +29,15 @@ def servers(tmp_path_factory, comfy_models):
     extra_model_paths.yaml), so an identity on one is not on the other."""
     base = str(tmp_path_factory.mktemp("cards_base"))
     S.prepare_base_directory(base, comfy_models["root"])
-    started = []
-    try:
-        for n in range(2):
-            args = []
-            for kind in ("output", "input", "temp", "user"):
-                path = os.path.join(base, f"s{n}", kind)
-                os.makedirs(path)
-                args += [f"--{kind}-directory", path]
-            yaml = os.path.join(base, f"s{n}", "extra_model_paths.yaml")
-            with open(yaml, "w", encoding="utf-8") as f:
-                f.write(f"server{n}:\n    base_path: {os.path.join(base, f's{n}')}\n    pulid_identities: identities\n")
-            server = S.ComfyServer(H.comfyui_path(), base, name=f"server{n}",
-                                   extra_args=(*args, "--extra-model-paths-config", yaml))
-            server.start()
-            started.append(server)
-        for server in started:
-            server.wait_until_ready()
+
+    def own_identities_folder(n, folder):
+        yaml = os.path.join(folder, "extra_model_paths.yaml")
+        with open(yaml, "w", encoding="utf-8") as f:
+            f.write(f"server{n}:\n    base_path: {folder}\n    pulid_identities: identities\n")
+        return "--extra-model-paths-config", yaml
+
+    with S.running_servers(base, 2, own_identities_folder) as started:
         yield started
-    finally:
-        for server in started:
-            server.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
