@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-from support import comfy_harness as H
 from support import server_harness as S
 
 pytestmark = pytest.mark.comfyui
