@@ -7,7 +7,7 @@ The servers run the basic example without the PuLID encoders (tiny Flux 1+1 bloc
 2 steps, test conditioning, TAESD-layout VAE): the per-job work of a batch whose Apply node is cached. On a
 small machine the servers share its CPU cores, so jobs/minute says little about GPUs; the client's time per
 job (user CPU time of the client's event-loop thread / jobs) is the number that must stay small. A second figure
-runs the client against an instant aiohttp stand-in of ComfyUI (tests/aio_fake_comfy.py): the client's whole
+runs the client against an instant aiohttp stand-in of ComfyUI (tests/support/aio_fake_comfy.py): the client's whole
 cost per job, wall and CPU, with no server work at all."""
 import argparse
 import asyncio

@@ -57,7 +57,7 @@ def git_rev() -> str:
 
 
 class ComfyModels:
-    """A real ComfyUI with the pack and full-size random test models (see tests/comfy_harness.py)."""
+    """A real ComfyUI with the pack and full-size random test models (see tests/support/comfy_harness.py)."""
 
     def __init__(self):
         import tempfile

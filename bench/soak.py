@@ -4,7 +4,7 @@
 
 Starts `python main.py --cpu` from COMFYUI_PATH on a free 127.0.0.1 port with an isolated --base-directory (this
 pack and the test conditioning node in custom_nodes/, the test models: a full-width 1+1-block Flux, full-size
-PuLID-Flux and EVA02-CLIP-L, synthetic antelopev2, random BiSeNet, a TAESD-layout VAE; see tests/server_harness.py),
+PuLID-Flux and EVA02-CLIP-L, synthetic antelopev2, random BiSeNet, a TAESD-layout VAE; see tests/support/server_harness.py),
 and queues examples/api/pulid_flux_basic.json (text encoders swapped for the test node) one prompt at a time, the
 seed changing every prompt, the weight cycling through --weights and the reference photo alternating between the
 scikit-image astronaut and a person of insightface's t1.jpg. Prints the server's resident memory (RSS) after the

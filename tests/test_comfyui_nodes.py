@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from support import comfy_harness as H
+from support import tolerance as tol
 
 pytestmark = pytest.mark.comfyui
 
@@ -360,3 +361,39 @@ def test_eva_auto_skips_a_broken_candidate(env, tmp_path, monkeypatch):
     monkeypatch.setattr(layer.folders, "find_eva_files", lambda choice: [("pulid/eva02_broken.pt", str(broken))])
     with pytest.raises(layer.models.EncoderModelError, match="eva02_broken.pt"):
         layer.models.EvaModel.load()
+
+
+# Outputs of the patched model on the session's fixed tiny models (seeded full-width Flux with one double and one
+# single block, seeded PuLID-Flux and encoders, a fixed photo), recorded before issue 16's refactor (commit 70468d3)
+# so that moving code cannot change what the nodes compute. 25 evenly spaced values of the sampled latent.
+PINNED_POSITIONS = slice(0, None, 167)
+PINNED = {  # ComfyUI v0.3.64 at commit 70468d3; v0.29.0 gave the same values within 1e-5 (another sampler path)
+    "apply": [-1.10288787, -1.88669419, 1.77893472, -2.07358813, -3.88985586, -3.15805459, 1.39285374, 6.82703543, -0.58714509, 9.80966568, -3.2491529, 2.1440084, 4.86879063, 1.68000805, -8.31578445, -2.16926742, -7.4046073, 2.0948298, -2.94248891, 4.66369724, 0.331257969, 1.84093928, 3.11380219, -2.48409915, 7.14033842],
+    "true_cfg_mask_window": [4.01792574, 2.05840492, -2.63449335, -7.87010717, -10.0906763, -2.8295424, -0.263944268, 10.3320217, -12.9366627, 4.55830145, -6.46393251, -6.1662364, 7.70002127, 0.809967756, -11.074069, -9.267066, -9.41814995, -2.50481653, -9.25394344, 4.95036697, 0.914464116, 8.50759602, 2.77382565, -12.8660707, 13.4182043],
+    "apply_identity": [-1.10288787, -1.88669419, 1.77893472, -2.07358813, -3.88985586, -3.15805459, 1.39285374, 6.82703543, -0.58714509, 9.80966568, -3.2491529, 2.1440084, 4.86879063, 1.68000805, -8.31578445, -2.16926742, -7.4046073, 2.0948298, -2.94248891, 4.66369724, 0.331257969, 1.84093928, 3.11380219, -2.48409915, 7.14033842],
+}
+
+
+def pinned_runs(env):
+    """name -> the sampled latent for the settings each pinned case uses, through the nodes' public classes."""
+    nodes = env.pack.NODE_CLASS_MAPPINGS
+    plain = nodes["ApplyPulidFlux"]().apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, env.image, 1.0, 0.0,
+                                                       1.0)[0]
+    mask = torch.zeros(1, 32, 32)
+    mask[:, :, :16] = 1.0
+    true_cfg = nodes["ApplyPulidFlux"]().apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, env.image, 0.8,
+                                                          0.0, 0.6, attn_mask=mask, uncond="uncond_id")[0]
+    identity = nodes["PulidFluxEncodeIdentity"]().encode(env.pulid, env.eva, env.faces, env.image)[0]
+    from_identity = nodes["PulidFluxApplyIdentity"]().apply(env.model, env.pulid, identity, 1.0, 0.0, 1.0)[0]
+    return {"apply": sample(env, plain), "true_cfg_mask_window": sample(env, true_cfg, steps=3, cfg=2.0),
+            "apply_identity": sample(env, from_identity)}
+
+
+def test_patched_outputs_are_pinned(env):
+    """What the nodes compute is pinned: a refactor that moves code must leave these numbers alone (within another
+    BLAS path's rounding of a whole network; a changed weight, window, mask or token moves them by 1e-2 and more)."""
+    plain = sample(env, env.model).flatten()[PINNED_POSITIONS]
+    for name, latent in pinned_runs(env).items():
+        values = latent.flatten()[PINNED_POSITIONS]
+        tol.assert_close(values, torch.tensor(PINNED[name]), torch.float32, tol.NETWORK)
+        assert (values - plain).abs().max() > 1e-2, name  # the pin holds a patched output, not the plain model's
