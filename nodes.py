@@ -3,7 +3,7 @@ input names and order match the original PuLID-Flux pack so saved workflows load
 and come after end_at. Inputs several nodes share are declared once, in comfy_layer/inputs.py."""
 from __future__ import annotations
 
-from .comfy_layer import folders, identities, patching
+from .comfy_layer import cards, folders, identities, patching
 from .comfy_layer import inputs as I
 from .comfy_layer.models import EvaModel, FaceAnalysisModel, PulidModel
 from .pulid_flux.identity import blend_identities
@@ -110,9 +110,8 @@ class PulidFluxEncodeIdentity:
 
     def encode(self, pulid_flux, eva_clip, face_analysis, image, fusion="mean", face_order="largest", face_index=0,
                use_gray=True, **curation):
-        identity, emb = identities.encode_identity(pulid_flux, eva_clip, face_analysis, image, fusion, face_order,
-                                                   face_index, use_gray, *I.curation_choice(**curation))
-        return (identity, emb.face_preview)
+        return identities.encode_node(pulid_flux, eva_clip, face_analysis, image, fusion, face_order, face_index,
+                                      use_gray, *I.curation_choice(**curation))
 
 
 class PulidFluxApplyIdentity:
@@ -141,6 +140,11 @@ class PulidFluxSaveIdentity:
                                                                 "is added); a plain name, no folders."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name; "
                                                                    "otherwise the node stops with an error."}),
+        }, "optional": {
+            "card": ("BOOLEAN", {"default": False, "tooltip": "Also write an identity card, NAME.png in the output "
+                                 "folder: a picture of the face that carries the identity. Load identity card reads "
+                                 "it on any server (upload it like an image; ComfyUI-Distributed copies it to its "
+                                 "workers)."}),
         }}
 
     RETURN_TYPES = ()
@@ -148,8 +152,8 @@ class PulidFluxSaveIdentity:
     FUNCTION = "save"
     CATEGORY = CATEGORY
 
-    def save(self, identity, name, overwrite=False):
-        return {"ui": {"text": [identities.save_to_folder(identity, name, overwrite)]}}
+    def save(self, identity, name, overwrite=False, card=False):
+        return identities.save_node(identity, name, overwrite, card)
 
 
 class PulidFluxLoadIdentity:
@@ -170,9 +174,39 @@ class PulidFluxLoadIdentity:
     def IS_CHANGED(cls, identity_file):
         return identities.file_state(identity_file)
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, identity_file):  # named here, so ComfyUI leaves the list check to it (clearer message)
+        return identities.identity_file_problem(identity_file)
+
     def load(self, identity_file):
-        identity = identities.load_from_folder(identity_file)
-        return (identity, identity.preview.float() / 255.0)
+        return identities.load_node(identity_file)
+
+
+class PulidFluxLoadIdentityCard(PulidFluxLoadIdentity):
+    """Load identity's outputs, from a card in the input folder instead of a file in the identities folder."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": (cards.card_files(), {
+            "image_upload": True, "tooltip": "An identity card (.png from Save identity's card or `python -m "
+                                             "pulid_tools identity --card`) in ComfyUI's input folder: upload or drag "
+                                             "it here. Copies re-saved by other programs lose the identity."})}}
+
+    OUTPUT_TOOLTIPS = ("The identity inside the card, bit-identical to the identity file it was made from.",
+                       PulidFluxLoadIdentity.OUTPUT_TOOLTIPS[1])
+    DESCRIPTION = ("Load an identity from an identity card (a PNG that carries it), e.g. on a ComfyUI-Distributed "
+                   "worker.")
+
+    @classmethod
+    def IS_CHANGED(cls, image):
+        return cards.card_state(image)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image):
+        return cards.card_problem(image)
+
+    def load(self, image):
+        return identities.load_card_node(image)
 
 
 class PulidFluxBlendIdentities:
@@ -240,6 +274,7 @@ NODES = {  # class name (saved in workflows) -> (class, display name)
     "PulidFluxApplyIdentity": (PulidFluxApplyIdentity, "Apply identity (PuLID-Flux)"),
     "PulidFluxSaveIdentity": (PulidFluxSaveIdentity, "Save identity (PuLID-Flux)"),
     "PulidFluxLoadIdentity": (PulidFluxLoadIdentity, "Load identity (PuLID-Flux)"),
+    "PulidFluxLoadIdentityCard": (PulidFluxLoadIdentityCard, "Load identity card (PuLID-Flux)"),
     "PulidFluxBlendIdentities": (PulidFluxBlendIdentities, "Blend identities (PuLID-Flux)"),
     "PulidFluxFaceSimilarity": (PulidFluxFaceSimilarity, "Face similarity (PuLID-Flux)"),
 }

@@ -68,14 +68,14 @@ def main():
         return seconds, sum(p.model_size() for p in unique.values()), len(unique)
 
     direct = measure(lambda: env.apply(image))
-    identity, _ = N["PulidFluxEncodeIdentity"]().encode(env.pulid, env.eva, env.faces, image)  # cached: same photos
+    identity, _ = N["PulidFluxEncodeIdentity"]().encode(env.pulid, env.eva, env.faces, image)["result"]  # cached
     folder = tempfile.mkdtemp(prefix="pulid_identities_")
     H.import_comfyui().add_model_folder_path("pulid_identities", folder, is_default=True)
     N["PulidFluxSaveIdentity"]().save(identity, "bench", True)
     size = os.path.getsize(os.path.join(folder, "bench.safetensors"))
 
     def via_identity():
-        loaded_identity = N["PulidFluxLoadIdentity"]().load("bench.safetensors")[0]
+        loaded_identity = N["PulidFluxLoadIdentity"]().load("bench.safetensors")["result"][0]
         N["PulidFluxApplyIdentity"]().apply(env.model, env.pulid, loaded_identity, 1.0, 0.0, 1.0)
 
     by_identity = measure(via_identity)

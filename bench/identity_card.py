@@ -5,8 +5,8 @@
 Full-size identity of the real shapes (ID and uncond tokens [1,32,2048] float32, ArcFace [N,512], preview
 [N,128,256,3] uint8) built with the pack's build_identity: random tokens (float32 noise compresses about like
 network outputs, i.e. hardly), the preview from a real face photo (scikit-image astronaut, and its mirror image).
-"load" = bytes on disk -> validated Identity: the file with load_identity, the card with read_card_file +
-read_identity_bytes (no temporary file); "file bytes -> Identity" reads the file's bytes and uses read_identity_bytes
+"load" = bytes on disk -> validated Identity (fingerprint checked): the file with load_identity, the card with
+load_identity_card (read_card_file + read_identity_bytes, no temporary file); "file bytes -> Identity" reads the file's bytes and uses read_identity_bytes
 too, so "load card" minus it is the card's own cost (PNG walk, CRC, inflate). Files are in the page cache (warm),
 median of interleaved repeats."""
 import argparse
@@ -23,6 +23,7 @@ sys.path.append(REPO_ROOT)
 from common import git_rev, machine, timed_interleaved  # noqa: E402
 
 from pulid_flux import identity as ident  # noqa: E402
+from pulid_flux import identity_file as fmt  # noqa: E402
 from pulid_flux import identity_card as card  # noqa: E402
 from pulid_flux.identity_fingerprint import identity_fingerprint  # noqa: E402
 
@@ -59,9 +60,9 @@ def main():
     folder = tempfile.mkdtemp(prefix="pulid_card_bench_")
     for photos in args.photos:
         identity = build(photos)
-        data = ident.identity_bytes(identity)
+        data = fmt.identity_bytes(identity)
         t = time.perf_counter()
-        fp = identity_fingerprint(ident.identity_tensors(identity), identity.meta)
+        fp = identity_fingerprint(fmt.identity_tensors(identity), identity.meta)
         fp_ms = (time.perf_counter() - t) * 1e3
         t = time.perf_counter()
         png = card.card_bytes(identity.preview, data, fp)
@@ -79,15 +80,17 @@ def main():
             f.write(png)
 
         def load_card():
-            return ident.read_identity_bytes(card.read_card_file(card_path).identity_bytes, card_path)
+            return card.load_identity_card(card_path)
 
-        a, b = ident.load_identity(file_path), load_card()
-        assert all(torch.equal(getattr(a, k), getattr(b, k)) for k in ident.TENSORS) and a.meta == b.meta
+        a, b = fmt.load_identity(file_path), load_card()
+        assert all(torch.equal(getattr(a, k), getattr(b, k)) for k in fmt.TENSORS) and a.meta == b.meta
+        assert png == card.identity_card_bytes(a)
+
         def load_file_bytes():
             with open(file_path, "rb") as f:
-                return ident.read_identity_bytes(f.read(), file_path)
+                return fmt.read_identity_bytes(f.read(), file_path)
 
-        times = timed_interleaved({"file": lambda: ident.load_identity(file_path), "bytes": load_file_bytes,
+        times = timed_interleaved({"file": lambda: fmt.load_identity(file_path), "bytes": load_file_bytes,
                                    "card": load_card}, args.repeats)
         print(f"| {photos} | {kib(len(data))} | {kib(len(png))} | {len(png) / len(data):.3f} | {kib(parts[b'puLi'])} "
               f"| {kib(parts[b'IDAT'])} | {write_ms:.1f} | {fp_ms:.2f} | {times['file'] * 1e3:.2f} | "

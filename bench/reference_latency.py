@@ -22,7 +22,6 @@ import shutil
 import statistics
 import sys
 import time
-from collections import OrderedDict
 
 import numpy as np
 import torch

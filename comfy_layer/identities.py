@@ -1,5 +1,6 @@
 """Identities in ComfyUI: encode one from photos (the embedding cache Apply uses), load and save them in the
-identities folder, the fingerprint of the PuLID file behind a loaded model, and Face similarity."""
+identities folder (and as cards: cards.py), the fingerprint of the PuLID file behind a loaded model, and Face
+similarity. Nodes that make or load an identity show its content fingerprint (UI text and the log)."""
 from __future__ import annotations
 
 import json
@@ -15,12 +16,13 @@ import folder_paths
 from ..encoders.curation.copying import describe, rank_best_of_n
 from ..encoders.curation.report import METADATA_KEY, parse_report
 from ..encoders.curation.selection import Thresholds
-from ..pulid_flux.identity import (Identity, IdentityFileError, build_identity, file_fingerprint, load_identity,
-                                   save_identity, tensors_fingerprint)
-from ..pulid_flux.identity_store import identity_file_name
+from ..pulid_flux.identity import build_identity, file_fingerprint, tensors_fingerprint
+from ..pulid_flux.identity_file import Identity, IdentityFileError, load_identity, save_identity
+from ..pulid_flux.identity_fingerprint import short_fingerprint
+from ..pulid_flux.identity_store import exists_message, identity_file_name, missing_identity_message
 from ..pulid_flux.inputs import check_images
-from . import encoding
-from .folders import FOLDER, save_folder
+from . import cards, encoding
+from .folders import FOLDER, folders_of, save_folder
 from .models import PulidModel
 
 log = logging.getLogger("PuLID-Flux")
@@ -56,6 +58,28 @@ def encode_identity(pulid, eva, faces, image, fusion="mean", face_order="largest
     return identity, emb
 
 
+def shown(identity: Identity, *images) -> dict:
+    """A node's result with the identity's fingerprint as UI text and in the log: which identity this server used."""
+    text = f"{identity.label}: fingerprint {identity.fingerprint}"
+    log.info("PuLID-Flux: %s", text)
+    return {"ui": {"text": [text]}, "result": (identity, *images)}
+
+
+def encode_node(pulid, eva, faces, image, fusion="mean", face_order="largest", face_index=0, use_gray=True,
+                curate="off", thresholds: Thresholds = Thresholds()) -> dict:
+    identity, emb = encode_identity(pulid, eva, faces, image, fusion, face_order, face_index, use_gray, curate,
+                                    thresholds)
+    return shown(identity, emb.preview)
+
+
+def identity_file_problem(file_name) -> str | bool:
+    """Load identity's VALIDATE_INPUTS: True, or the message a client gets from POST /prompt when this server
+    lacks the identity (ComfyUI then skips its own 'Value not in list' check for this input)."""
+    if isinstance(file_name, str) and folder_paths.get_full_path(FOLDER, file_name):
+        return True
+    return missing_identity_message(str(file_name), folders_of(FOLDER))
+
+
 def load_from_folder(file_name: str) -> Identity:
     path = folder_paths.get_full_path(FOLDER, file_name)
     if path is None:
@@ -64,6 +88,16 @@ def load_from_folder(file_name: str) -> Identity:
                                 "save it with Save identity or upload it (POST /pulid_flux/identities), then refresh "
                                 "the list.")
     return load_identity(path)
+
+
+def load_node(file_name: str) -> dict:
+    identity = load_from_folder(file_name)
+    return shown(identity, identity.preview.float() / 255.0)
+
+
+def load_card_node(image: str) -> dict:
+    identity = cards.load_card(image)
+    return shown(identity, identity.preview.float() / 255.0)
 
 
 def file_state(file_name: str) -> str:
@@ -75,9 +109,19 @@ def file_state(file_name: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def save_to_folder(identity: Identity, name: str, overwrite: bool) -> str:
+def save_node(identity: Identity, name: str, overwrite: bool, card: bool = False) -> dict:
+    """Save identity: the file in the identities folder and, with `card`, its card in the output folder (NAME.png,
+    shown on the node). Without overwrite an existing file or card stops the node before anything is written."""
     file_name = identity_file_name(name)
-    return save_identity(identity, os.path.join(save_folder(), file_name), overwrite)
+    path = os.path.join(save_folder(), file_name)
+    card_path = cards.card_output_path(file_name)
+    if card and not overwrite and os.path.lexists(card_path):
+        raise FileExistsError(exists_message(card_path))
+    ui = {"text": [save_identity(identity, path, overwrite)]}
+    if card:
+        ui["images"] = [cards.save_card(identity, card_path, overwrite)]
+    log.info("PuLID-Flux: saved %s (fingerprint %s)", file_name, short_fingerprint(identity.fingerprint))
+    return {"ui": ui}
 
 
 def face_similarity_node(faces, images, identity: Identity | None = None, reference=None,

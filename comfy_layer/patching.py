@@ -14,7 +14,8 @@ import comfy.patcher_extension
 from ..encoders.curation.selection import Thresholds
 from ..pulid_flux import injection_points
 from ..pulid_flux.family import check_flux1
-from ..pulid_flux.identity import Identity
+from ..pulid_flux.identity_file import Identity
+from ..pulid_flux.identity_fingerprint import short_fingerprint
 from ..pulid_flux.inputs import EmptyBatchError, check_apply_inputs, check_mask
 from ..pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper
 from . import encoding
@@ -81,6 +82,7 @@ def apply_identity(model, pulid, identity: Identity, weight, start_at, end_at, a
     check_apply_inputs(weight, start_at, end_at)
     attn_mask = check_mask(attn_mask, "attn_mask")
     check_identity_matches(pulid, identity)
+    log.info("PuLID-Flux: applying identity %s (%s)", identity.label, short_fingerprint(identity.fingerprint))
     return _patch(model, pulid, points, identity.id_tokens, identity.uncond_tokens, weight, start_at, end_at,
                   attn_mask, uncond)
 

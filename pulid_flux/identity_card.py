@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .identity import MAX_FILE_BYTES, IdentityFileError
+from .identity_file import MAX_FILE_BYTES, Identity, IdentityFileError, identity_bytes, read_identity_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CARD_CHUNK = b"puLi"
@@ -49,27 +49,26 @@ AGAIN_FIX = "copy, download or upload the original card again; if it is damaged 
 
 
 class IdentityCardError(IdentityFileError):
-    """The one error the card readers raise (a ValueError, and an IdentityFileError like every bad identity): its
-    message names the file, says what is wrong and what to do. `reason` is one of REASONS."""
+    """The one error the card readers raise (a ValueError, and an IdentityFileError like every bad identity), with
+    the message form of every file error: 'NAME: problem', the file, 'Fix: ...'. `reason` is one of REASONS."""
 
-    def __init__(self, message: str, *, name: str = "", reason: str = ""):
-        ValueError.__init__(self, message)  # the message is complete: not the 'NAME: problem / Fix' of a file path
-        self.path, self.problem, self.fix = name, message, ""
-        self.name, self.reason = name, reason
+    def __init__(self, path: str, problem: str, fix: str | None = None, *, reason: str = ""):
+        super().__init__(path, problem, fix)
+        self.name, self.reason = os.path.basename(self.path) or self.path, reason
 
-    def __reduce__(self):  # keep name and reason across pickling (ComfyUI sends errors between processes)
-        return _rebuild_card_error, (str(self), self.name, self.reason)
+    def __reduce__(self):  # keep the fields across pickling (ComfyUI sends errors between processes)
+        return _rebuild_card_error, (self.path, self.problem, self.fix, self.reason)
 
 
-def _rebuild_card_error(message: str, name: str, reason: str) -> "IdentityCardError":
-    return IdentityCardError(message, name=name, reason=reason)
+def _rebuild_card_error(path: str, problem: str, fix: str, reason: str) -> "IdentityCardError":
+    return IdentityCardError(path, problem, fix, reason=reason)
 
 
 REASONS = ("not_png", "no_identity", "damaged", "truncated", "newer_version", "too_large", "not_found", "unreadable")
 
 
 def _error(name: str, reason: str, problem: str, fix: str) -> IdentityCardError:
-    return IdentityCardError(f"{name}: {problem}\n  Fix: {fix}", name=name, reason=reason)
+    return IdentityCardError(name, problem, fix, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -224,7 +223,7 @@ def is_png(head: bytes) -> bool:
 
 def read_card_file(path: str) -> CardContents:
     """Read a card from disk, refusing files larger than MAX_CARD_BYTES before reading them."""
-    name = os.path.basename(os.fspath(path))
+    name = os.fspath(path)
     try:
         size = os.path.getsize(path)
         if size > MAX_CARD_BYTES:
@@ -237,3 +236,19 @@ def read_card_file(path: str) -> CardContents:
                      f"cannot be read ({e.strerror or e}).",
                      "check the file name; upload the card to this server's input folder.") from None
     return read_card(data, name)
+
+
+# --- identities ---------------------------------------------------------------------------------------------------
+def identity_card_bytes(identity: Identity) -> bytes:
+    """The card of an identity: its preview as the picture, its file's exact bytes (identity_bytes) inside."""
+    return card_bytes(identity.preview, identity_bytes(identity), identity.fingerprint)
+
+
+def load_identity_card(path: str) -> Identity:
+    """An identity from a card on disk, through the identity file reader: the same Identity as the file it holds."""
+    return read_identity_bytes(read_card_file(path).identity_bytes, os.fspath(path))
+
+
+def read_identity_card(data: bytes, name: str) -> Identity:
+    """An identity from a card's bytes (an upload)."""
+    return read_identity_bytes(read_card(data, name).identity_bytes, name)

@@ -16,6 +16,7 @@ Not counted, on purpose:
     counting it would make every upgrade look like a new person on servers that run different pack versions;
   - pulid_file: a file name; a renamed copy of the same weights has the same pulid_fingerprint;
   - blend: provenance (source labels and their creation times); the blended tensors carry its effect;
+  - pulid_curation: a report on the photos; what curation changed (drop, weight) is in the tensors;
   - any other key: free text. A later format that adds a shaping key adds it here and moves to scheme 2."""
 from __future__ import annotations
 

@@ -111,3 +111,16 @@ def _link_new(tmp: str, path: str) -> None:
     except FileExistsError:
         raise FileExistsError(exists_message(path)) from None
     os.replace(tmp, path)
+
+
+def missing_identity_message(name: str, folders: list[str]) -> str:
+    """What a server that lacks an identity answers (Load identity's validation): which identity, that this server
+    does not have it, and the three ways to give it the identity."""
+    target = folders[0] if folders else "models/pulid/identities"
+    return (f"identity '{name}' is not on this server (looked in {', '.join(folders) or target}). Fix, one of: "
+            f"(1) upload the identity file to this server: POST /pulid_flux/identities, or "
+            f"`python -m pulid_tools queue/batch --identity FILE` (it uploads it), or copy it into {target}; "
+            f"(2) use an identity card instead: Save identity's card (or `python -m pulid_tools identity --card`) in "
+            f"Load identity card, which ComfyUI uploads like any image (ComfyUI-Distributed copies it to every "
+            f"worker); (3) share one folder between servers: `pulid_identities: /shared/path` in each server's "
+            f"extra_model_paths.yaml. Then refresh the node list (press R).")

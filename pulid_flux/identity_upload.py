@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 
-from .identity import MAX_FILE_BYTES, IdentityFileError, read_identity_bytes
+from .identity_file import MAX_FILE_BYTES, IdentityFileError, read_identity_bytes
 from .identity_store import IdentityNameError, identity_file_name, write_file_atomically
 
 log = logging.getLogger("PuLID-Flux")

@@ -29,6 +29,9 @@ class SafetensorsFileError(ValueError):
         self.path, self.problem, self.fix = str(path), problem, fix or self.wrong_kind_fix
         super().__init__(f"{os.path.basename(self.path) or self.path}: {problem}\n  file: {self.path}\n  Fix: {self.fix}")
 
+    def __reduce__(self):  # ComfyUI may pickle errors between processes; the default would call __init__(message)
+        return type(self), (self.path, self.problem, self.fix)
+
 
 @dataclass(frozen=True)
 class TensorEntry:

@@ -119,6 +119,41 @@ def test_queue_identity_uploads_and_fills_the_load_identity_node(fake, tmp_path,
     assert "--identity needs a PulidFluxLoadIdentity node" in capsys.readouterr().err
 
 
+
+def test_an_identity_card_works_wherever_an_identity_file_does(fake, tmp_path, capsys):
+    """The identity inside the card is uploaded, under the name its file would get; a card without one is refused
+    before anything is sent (queue and batch)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pulid_flux.identity_card import card_bytes
+
+    data = identity_bytes("ada")
+    card, file = tmp_path / "ada.png", tmp_path / "ada.safetensors"
+    card.write_bytes(card_bytes(np.full((4, 8, 3), 200, np.uint8), data))
+    file.write_bytes(data)
+    name = comfy_api.identity_upload_name(str(file))
+    assert upload(fake.url, str(card)) == name and fake.identities == {name: data}
+    assert main(["queue", IDENTITY_GRAPH, "--server", fake.url, "--identity", str(card), "--prompt", "a knight",
+                 "--out", str(tmp_path / "out"), "--timeout", "20", "--quiet"]) == 0
+    (_, graph), = fake.prompts
+    assert [n["inputs"]["identity_file"] for n in graph.values() if n["class_type"] == "PulidFluxLoadIdentity"] == [name]
+    resaved = io.BytesIO()
+    Image.open(card).save(resaved, "PNG")  # a copy that lost the identity chunk
+    stripped = tmp_path / "ada copy.png"
+    stripped.write_bytes(resaved.getvalue())
+    capsys.readouterr()
+    prompts = write(tmp_path / "p.txt", "a knight\n")
+    for command in (["queue", IDENTITY_GRAPH, "--server", fake.url, "--out", str(tmp_path / "out2")],
+                    ["batch", IDENTITY_GRAPH, "--server", fake.url, "--prompts", prompts, "--out", str(tmp_path / "b")]):
+        assert main([*command, "--identity", str(stripped)]) == 2
+        err = capsys.readouterr().err
+        assert "--identity ada copy.png: is a PNG picture with no PuLID-Flux identity inside" in err, err
+        assert f"file: {stripped}" in err and "Fix: use the original card file" in err
+    assert len(fake.prompts) == 1 and list(fake.identities) == [name]  # nothing more was sent
+
 # --- the batch over stand-ins ------------------------------------------------------------------------------
 def test_batch_over_two_servers_records_scores_keeps_the_best_and_resumes(tmp_path, face, capsys):
     servers = [FakeComfy(run_s=0.05), FakeComfy(run_s=0.02)]

@@ -2,7 +2,6 @@
 damaged manifests, output folders that cannot be written (at the start and mid-run), hung servers, malformed
 URLs, --set typos, images deleted by hand, outputs ComfyUI drops as invalid. Against the aiohttp stand-ins
 (no ComfyUI needed); each test failed before its fix."""
-import json
 import os
 import shutil
 import time

@@ -52,23 +52,8 @@ def servers(tmp_path_factory, comfy_models):
     os.makedirs(os.path.join(base, "custom_nodes", "pulid_test_similarity"))
     with open(os.path.join(base, "custom_nodes", "pulid_test_similarity", "__init__.py"), "w") as f:
         f.write(SIMILARITY_NODE)
-    started = []
-    try:
-        for n in range(3):
-            dirs = []
-            for kind in ("output", "input", "temp", "user"):
-                path = os.path.join(base, f"s{n}", kind)
-                os.makedirs(path)
-                dirs += [f"--{kind}-directory", path]
-            server = S.ComfyServer(H.comfyui_path(), base, name=f"server{n}", extra_args=dirs)
-            server.start()
-            started.append(server)
-        for server in started:
-            server.wait_until_ready()
+    with S.running_servers(base, 3) as started:
         yield started
-    finally:
-        for server in started:
-            server.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")

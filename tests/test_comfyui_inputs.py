@@ -19,7 +19,7 @@ def node(env, name):
 
 @pytest.fixture(scope="module")
 def identity(env):
-    return node(env, "PulidFluxEncodeIdentity").encode(env.pulid, env.eva, env.faces, env.image)[0]
+    return node(env, "PulidFluxEncodeIdentity").encode(env.pulid, env.eva, env.faces, env.image)["result"][0]
 
 
 def apply_identity(env, identity, **kw):

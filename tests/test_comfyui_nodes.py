@@ -383,7 +383,7 @@ def pinned_runs(env):
     mask[:, :, :16] = 1.0
     true_cfg = nodes["ApplyPulidFlux"]().apply_pulid_flux(env.model, env.pulid, env.eva, env.faces, env.image, 0.8,
                                                           0.0, 0.6, attn_mask=mask, uncond="uncond_id")[0]
-    identity = nodes["PulidFluxEncodeIdentity"]().encode(env.pulid, env.eva, env.faces, env.image)[0]
+    identity = nodes["PulidFluxEncodeIdentity"]().encode(env.pulid, env.eva, env.faces, env.image)["result"][0]
     from_identity = nodes["PulidFluxApplyIdentity"]().apply(env.model, env.pulid, identity, 1.0, 0.0, 1.0)[0]
     return {"apply": sample(env, plain), "true_cfg_mask_window": sample(env, true_cfg, steps=3, cfg=2.0),
             "apply_identity": sample(env, from_identity)}

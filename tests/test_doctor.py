@@ -213,7 +213,7 @@ def test_eva_clip_is_looked_for_in_clip_vision_first_and_still_found_in_the_old_
     os.remove(old["pulid"])
     code, out = run_doctor(comfyui)  # only the old README location left: found, used, and the move suggested
     assert code == 0, out
-    assert f"[ok]   EVA02-CLIP-L-14-336" in out and f"{old['clip']}: loads  <- used by eva_file 'auto'" in out
+    assert "[ok]   EVA02-CLIP-L-14-336" in out and f"{old['clip']}: loads  <- used by eva_file 'auto'" in out
     assert f"it could move to {target}{os.sep}" in out
 
 

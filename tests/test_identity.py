@@ -162,6 +162,16 @@ def test_blend_endpoints_are_exact_and_the_midpoint_is_the_weighted_mean():
     assert a.id_tokens.equal(make_identity(1).id_tokens)  # inputs untouched
 
 
+def test_a_blend_keeps_neither_sources_photo_report_nor_fingerprint():
+    import dataclasses
+
+    a = make_identity(1)
+    a = dataclasses.replace(a, meta=dict(a.meta, pulid_curation='{"references": []}', fingerprint=a.fingerprint))
+    mid = ident.blend_identities(a, make_identity(2), 0.5)
+    assert "pulid_curation" not in mid.meta and "fingerprint" not in mid.meta
+    assert mid.fingerprint != a.fingerprint
+
+
 def test_blend_refuses_other_pulid_files_and_other_token_counts():
     a = make_identity(1)
     with pytest.raises(ValueError, match="different PuLID-Flux files.*Encode both people with the same"):

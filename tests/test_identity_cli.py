@@ -21,7 +21,7 @@ def test_help_names_the_options():
     result = subprocess.run([sys.executable, "-m", "pulid_tools", "identity", "--help"], cwd=H.REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for option in ("--face", "--models", "--out", "--overwrite", "--pulid", "--eva", "--fusion"):
+    for option in ("--face", "--models", "--out", "--card", "--overwrite", "--pulid", "--eva", "--fusion"):
         assert option in result.stdout
 
 
@@ -139,7 +139,8 @@ def test_report_that_leaves_nothing_exits_1_and_says_why(faces_only):
     (["--report", "--threshold", "min_size=3"], "unknown threshold 'min_size'"),
     (["--report", "--threshold", "max_yaw=wide"], "'wide' is not a number"),
     (["--report", "--curate", "weight", "--fusion", "concat"], "--curate 'weight'"),
-    ([], "--out NAME.safetensors is needed"),
+    (["--report", "--card", "x.png"], "--report writes no file"),
+    ([], "give --out NAME.safetensors, --card NAME.png, or both"),
 ])
 def test_report_options_are_checked(faces_only, args, message):
     root, photos = faces_only
@@ -169,3 +170,15 @@ def test_threshold_arguments_give_settings_or_a_setup_error(items):
         assert str(e).startswith("--")
     else:
         assert settings.curate == "drop"
+def test_card_is_a_png_not_overwritten_and_one_output_is_needed(tmp_path):
+    existing = tmp_path / "a.png"
+    existing.write_bytes(b"keep")
+    result = run("--face", "x.png", "--models", str(tmp_path), "--card", str(existing))
+    assert result.returncode == 1 and f"--card {existing} exists: choose another name or add --overwrite" in \
+        result.stderr
+    result = run("--face", "x.png", "--models", str(tmp_path), "--out", str(tmp_path / "b.safetensors"),
+                 "--card", str(tmp_path / "b.jpg"))
+    assert result.returncode == 1 and "identity cards are PNG files" in result.stderr
+    result = run("--face", "x.png", "--models", str(tmp_path))
+    assert result.returncode == 1 and "give --out NAME.safetensors, --card NAME.png, or both" in result.stderr
+    assert os.listdir(tmp_path) == ["a.png"] and existing.read_bytes() == b"keep"

@@ -1,5 +1,6 @@
 """Tier (b): the identity nodes inside a real ComfyUI (COMFYUI_PATH), sampling a full-width random Flux on the CPU.
 Save -> load -> Apply identity is bit-identical to ApplyPulidFlux; Apply identity loads no encoder."""
+import dataclasses
 import logging
 import os
 
@@ -47,12 +48,12 @@ def sample(env, model, cfg=1.0, seed=3, steps=2):
 
 def encode(env, image=None, **kw):
     return env.N["PulidFluxEncodeIdentity"]().encode(env.pulid, env.eva, env.faces,
-                                                     env.image if image is None else image, **kw)
+                                                     env.image if image is None else image, **kw)["result"]
 
 
 def saved_and_loaded(env, name, identity, overwrite=True):
     env.N["PulidFluxSaveIdentity"]().save(identity, name, overwrite)
-    return env.N["PulidFluxLoadIdentity"]().load(name + ".safetensors")
+    return env.N["PulidFluxLoadIdentity"]().load(name + ".safetensors")["result"]
 
 
 def apply_identity(env, identity, model=None, **kw):
@@ -225,6 +226,66 @@ def test_encode_identity_shares_the_embedding_cache(env, monkeypatch):
     tol.assert_close(identity.arcface.norm(), 1.0, torch.float32, tol.OPS)
 
 
+@pytest.fixture
+def comfy_dirs(env, tmp_path, monkeypatch):
+    """ComfyUI's input and output folders, in tmp_path for this test."""
+    for kind in ("input", "output"):
+        os.makedirs(tmp_path / kind)
+        monkeypatch.setattr(env.folder_paths, f"{kind}_directory", str(tmp_path / kind))
+    return tmp_path
+
+
+def test_save_writes_a_card_that_load_identity_card_reads_as_the_file(env, comfy_dirs, caplog):
+    import shutil
+
+    card_module = env.pack.pulid_flux.identity_card
+    identity, _ = encode(env)
+    result = env.N["PulidFluxSaveIdentity"]().save(identity, "carded", True, True)
+    assert result["ui"]["images"] == [{"filename": "carded.png", "subfolder": "", "type": "output"}]
+    with open(os.path.join(env.identities, "carded.safetensors"), "rb") as f:
+        assert card_module.read_card((comfy_dirs / "output" / "carded.png").read_bytes(), "c").identity_bytes == f.read()
+    shutil.copy(comfy_dirs / "output" / "carded.png", comfy_dirs / "input" / "carded.png")  # as an upload puts it
+    node = env.N["PulidFluxLoadIdentityCard"]
+    (files, options), = node.INPUT_TYPES()["required"].values()
+    assert list(node.INPUT_TYPES()["required"]) == ["image"] and "carded.png" in files and options["image_upload"]
+    assert node.VALIDATE_INPUTS("carded.png") is True
+    with caplog.at_level(logging.INFO, logger="PuLID-Flux"):
+        out = node().load("carded.png")
+        from_card, preview = out["result"]
+        from_file = env.N["PulidFluxLoadIdentity"]().load("carded.safetensors")["result"][0]
+        apply_identity(env, from_card)
+    for name in ("id_tokens", "uncond_tokens", "arcface", "preview"):
+        assert torch.equal(getattr(from_card, name), getattr(from_file, name)), name
+    assert from_card.meta == from_file.meta and preview.shape == (1, 128, 256, 3)
+    assert out["ui"]["text"] == [f"carded.png: fingerprint {identity.fingerprint}"]
+    short = env.pack.pulid_flux.identity_fingerprint.short_fingerprint(identity.fingerprint)
+    assert f"applying identity carded.png ({short})" in caplog.text
+
+    before = node.IS_CHANGED("carded.png")
+    (comfy_dirs / "input" / "carded.png").write_bytes(card_module.identity_card_bytes(encode(env, image=torch.flip(
+        env.image, dims=[2]))[0]))
+    assert node.IS_CHANGED("carded.png") != before  # a card replaced under the same name is read again
+    with pytest.raises(FileExistsError, match="carded.png already exists"):
+        env.N["PulidFluxSaveIdentity"]().save(identity, "carded", False, True)
+
+
+def test_missing_identities_and_cards_are_named_at_validation(env, comfy_dirs):
+    message = env.N["PulidFluxLoadIdentity"].VALIDATE_INPUTS("nobody.safetensors")
+    assert message.startswith("identity 'nobody.safetensors' is not on this server (looked in " + env.identities)
+    assert "POST /pulid_flux/identities" in message and "extra_model_paths.yaml" in message
+    env.N["PulidFluxSaveIdentity"]().save(encode(env)[0], "somebody", True)
+    assert env.N["PulidFluxLoadIdentity"].VALIDATE_INPUTS("somebody.safetensors") is True
+    node = env.N["PulidFluxLoadIdentityCard"]
+    (comfy_dirs / "outside.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    for bad in ("nope.png", "../outside.png", "", 5):
+        assert "is not in this server's input folder" in node.VALIDATE_INPUTS(bad), bad
+    with pytest.raises(ValueError, match="^outside.png: is not in this server's input folder") as e:
+        node().load("../outside.png")
+    assert "file: ../outside.png" in str(e.value) and "Fix: upload the card to this server" in str(e.value) and node.IS_CHANGED("nope.png") == "missing"
+    (comfy_dirs / "input" / "photo.png").write_bytes((comfy_dirs / "outside.png").read_bytes() + b"\0" * 30)
+    with pytest.raises(ValueError, match="photo.png: the PNG is damaged"):
+        node().load("photo.png")
+
 def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
     import subprocess
     import sys
@@ -234,18 +295,25 @@ def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
 
     photo = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(photo)
-    out = tmp_path / "cli.safetensors"
+    out, card = tmp_path / "cli.safetensors", tmp_path / "cli.png"
     cmd = [sys.executable, "-m", "pulid_tools", "identity", "--face", str(photo), "--models", env.models, "--out",
-           str(out)]
+           str(out), "--card", str(card)]
     result = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(out) and "7/7" in result.stderr  # tqdm: 4 models, 1 photo, 1 batch, ID encoder
+    assert result.stdout.split() == [str(out), str(card)] and "7/7" in result.stderr  # 4 models, 1 photo, 1 batch, ID
     cli = env.pack.pulid_flux.identity.load_identity(str(out))
     node, _ = encode(env)
     for name in ("id_tokens", "uncond_tokens", "arcface", "preview"):
         assert torch.equal(getattr(cli, name), getattr(node, name)), name
     for key in ("pulid_file", "pulid_fingerprint", "fusion", "use_gray", "references", "format"):
         assert cli.meta[key] == node.meta[key], key
+    # two encodes of the same photo: the same fingerprint, and the same file apart from its creation time
+    assert f"fingerprint {node.fingerprint}" in result.stderr and cli.fingerprint == node.fingerprint
+    fmt = env.pack.pulid_flux.identity_file
+    same_time = dataclasses.replace(node, meta=dict(node.meta, created=cli.meta["created"]))
+    assert out.read_bytes() == fmt.identity_bytes(same_time)
+    from_card = env.pack.pulid_flux.identity_card.load_identity_card(str(card))
+    assert from_card.fingerprint == node.fingerprint and torch.equal(from_card.id_tokens, node.id_tokens)
     again = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "exists: choose another name or add --overwrite" in again.stderr
 

@@ -27,7 +27,7 @@ import sys
 import time
 
 from ..comfy_http import graph as graphs
-from ..comfy_http.api import REPLY_TIMEOUT_S, ServerURLError, parse_server
+from ..comfy_http.api import REPLY_TIMEOUT_S, ServerURLError, identity_file_bytes, parse_server
 from .runner import BatchRunner, first_line
 from ..client.command import DEFAULT_SERVER, server_from_environment
 from .jobs import make_jobs
@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", action="append", default=[], metavar="URL",
                         help=f"a ComfyUI server (repeatable: one per GPU); default {DEFAULT_SERVER} or $COMFYUI_URL")
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--identity", metavar="FILE", help="identity file, uploaded once to each server and put "
-                                                        "into the Load identity node")
+    who.add_argument("--identity", metavar="FILE", help="identity file or card (.png), uploaded once to each server "
+                                                        "and put into the Load identity node")
     who.add_argument("--face", action="append", default=[], metavar="PHOTO",
                      help="reference photo for the LoadImage nodes in node id order (repeatable)")
     parser.add_argument("--prompts", required=True, metavar="FILE", help="prompts: text (one a line) or JSONL")
@@ -120,6 +120,8 @@ def run(args) -> int:
         missing = [p for p in files if not os.path.isfile(p)]
         if missing:
             raise graphs.GraphError(f"file not found: {', '.join(missing)}")
+        if args.identity:
+            identity_file_bytes(args.identity)  # a card's identity is read before anything is sent
         if args.seeds < 1 or args.per_server < 1 or (args.keep_best is not None and args.keep_best < 1):
             raise graphs.GraphError("--seeds, --per-server and --keep-best must be 1 or more")
         if not (0 < args.reply_timeout < float("inf") and args.timeout > 0) or args.retries < 1:

@@ -17,7 +17,8 @@ import sys
 import time
 
 from ..comfy_http import graph as graphs
-from ..comfy_http.api import REPLY_TIMEOUT_S, ComfyAPI, ComfyError, ServerURLError, parse_server
+from ..comfy_http.api import (REPLY_TIMEOUT_S, ComfyAPI, ComfyError, ServerURLError, identity_file_bytes,
+                               parse_server)
 from ..batch.manifest import OutputError, check_output_folder, os_reason
 from ..comfy_http.websocket import run_prompt
 
@@ -80,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face", action="append", default=[], metavar="IMAGE",
                         help="reference photo, uploaded into the LoadImage nodes in node id order (repeatable)")
     parser.add_argument("--identity", metavar="FILE", help="identity file (.safetensors from Save identity or "
-                        "`python -m pulid_tools identity`), uploaded to the server and put into the Load identity "
-                        "node")
+                        "`python -m pulid_tools identity`) or identity card (.png), uploaded to the server and put "
+                        "into the Load identity node")
     parser.add_argument("--prompt", help="text of the node titled '... positive ...'")
     parser.add_argument("--negative", help="text of the node titled '... negative ...'")
     parser.add_argument("--seed", type=int, help="every seed / noise_seed input")
@@ -158,6 +159,8 @@ def run(args) -> int:
         missing = [p for p in args.face + ([args.identity] if args.identity else []) if not os.path.isfile(p)]
         if missing:
             raise graphs.GraphError(f"file not found: {', '.join(missing)}")
+        if args.identity:
+            identity_file_bytes(args.identity)  # a card's identity is read before anything is sent
         if len(args.face) > len(graphs.image_nodes(graph)):  # before uploading anything
             graphs.set_images(graph, args.face)
         if args.identity:

@@ -8,6 +8,7 @@ import json
 import mimetypes
 import os
 import re
+import sys
 import urllib.parse
 import uuid
 
@@ -17,6 +18,7 @@ from . import graph as graphs
 from ..versions import PACK_VERSION
 
 IDENTITY_ROUTE = "/pulid_flux/identities"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # an identity card (pulid_flux/identity_card.py)
 WS_MAX_MESSAGE = 64 * 1024 * 1024  # previews are the largest messages ComfyUI sends
 REPLY_TIMEOUT_S = 15.0  # a ComfyUI answers every request in well under a second, even while it samples
 HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?"
@@ -78,12 +80,36 @@ def content_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def identity_upload_name(path: str) -> str:
-    """NAME-<12 hex of the content>.safetensors: a name on the server that holds these bytes and no others."""
+def identity_file_bytes(path: str) -> bytes:
+    """The identity that --identity names: the .safetensors file's bytes, or the identity file inside an identity
+    card (.png), so a card works wherever an identity file does. A card without a readable identity raises
+    GraphError with the card reader's message (before anything is sent)."""
+    with open(path, "rb") as f:
+        content = f.read()
+    if not content.startswith(PNG_SIGNATURE):
+        return content
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if root not in sys.path:
+        sys.path.append(root)  # the card reader is the pack's (pulid_flux/identity_card.py); appended, never first
+    try:
+        from pulid_flux.identity_card import IdentityCardError, identity_bytes_from_card
+    except ImportError as e:
+        raise graphs.GraphError(f"--identity {path}: reading identity cards needs the pack's pulid_flux (torch): {e}; "
+                                f"give the .safetensors identity file instead") from None
+    try:
+        return identity_bytes_from_card(content, path)
+    except IdentityCardError as e:
+        raise graphs.GraphError(f"--identity {e}") from None
+
+
+def identity_upload_name(path: str, content: bytes | None = None) -> str:
+    """NAME-<12 hex of the identity's bytes>.safetensors: a name on the server that holds these bytes and no others
+    (a card and the file it carries get the same name)."""
+    content = identity_file_bytes(path) if content is None else content
     stem = os.path.basename(path)
     stem = stem[:-len(".safetensors")] if stem.endswith(".safetensors") else os.path.splitext(stem)[0]
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem).strip("_") or "identity"
-    return f"{stem[:60]}-{content_digest(path)[:12]}.safetensors"
+    return f"{stem[:60]}-{hashlib.sha256(content).hexdigest()[:12]}.safetensors"
 
 
 class ComfyAPI:
@@ -163,13 +189,12 @@ class ComfyAPI:
         return status, reply if isinstance(reply, dict) else {}
 
     async def upload_identity(self, path: str) -> str:
-        """Upload an identity file through the pack's route under a content-addressed name
+        """Upload an identity file (or the one inside a card) through the pack's route under a content-addressed name
         (identity_upload_name), so an existing file of that name holds the same bytes: it is then
         overwritten with them (a no-op that also repairs a damaged copy). Returns the name for
         PulidFluxLoadIdentity's identity_file."""
-        with open(path, "rb") as f:
-            content = f.read()
-        name = identity_upload_name(path)
+        content = identity_file_bytes(path)
+        name = identity_upload_name(path, content)
         status, reply = await self._post_identity(path, content, name, overwrite=False)
         if status == 409:
             status, reply = await self._post_identity(path, content, name, overwrite=True)

@@ -1,7 +1,8 @@
 """`python -m pulid_tools identity --face a.jpg [--face b.jpg ...] --models DIR --out NAME.safetensors`: encode a
 person's identity file with no ComfyUI running (the pack's encoders/ and pulid_flux/ only), through the same encode
-path as the nodes (encoders/references.py). With --report instead of --out: print each photo's figures and verdict
-(the curation report) and write nothing; only InsightFace is loaded. --json prints the report as JSON.
+path as the nodes (encoders/references.py); --card NAME.png writes its identity card too (or instead). Prints the
+paths written, and the identity's fingerprint on stderr. With --report instead of --out/--card: print each photo's
+figures and verdict (the curation report) and write nothing; only InsightFace is loaded. --json prints it as JSON.
 
 --models is a ComfyUI models/ folder (or the ComfyUI folder itself); the model files are found where the
 loaders would find them (extra_model_paths.yaml included): the PuLID-Flux weights in pulid/, EVA-CLIP as the
@@ -33,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", required=True, metavar="DIR",
                         help="ComfyUI's models/ folder (or the ComfyUI folder)")
     parser.add_argument("--out", metavar="NAME.safetensors", help="the identity file to write (not with --report)")
+    parser.add_argument("--card", metavar="NAME.png", help="the identity card to write: a PNG of the face that "
+                        "carries the identity, for Load identity card (at least one of --out and --card)")
     parser.add_argument("--report", action="store_true", help="print each photo's figures and verdict (consistency, "
                         "yaw, pitch, sharpness, size) and write no file; loads only InsightFace")
     parser.add_argument("--json", action="store_true", help="with --report: print it as JSON (a 'references' list of "
@@ -42,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
                         help="a curation threshold as the node's input of that name, e.g. min_consistency=0.3 "
                              "(min_face_px, max_yaw, max_pitch, min_sharpness; README: Curation and copy detection)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out / --card if they exist")
     parser.add_argument("--pulid", metavar="NAME", help="PuLID-Flux file as Load PuLID-Flux Model lists it "
                         "(default: pulid_flux_v0.9.1.safetensors, else v0.9.0, else the only one)")
     parser.add_argument("--eva", default="auto", metavar="CHOICE",
@@ -194,8 +197,45 @@ def print_report(args) -> int:
     return 0 if report["summary"]["kept"] else 1
 
 
-def encode_identity_file(args) -> str:
-    """Everything the command does; returns the path written. Raises SetupError."""
+def check_outputs(args) -> tuple[str | None, str | None]:
+    """--out and --card as absolute paths, checked before any model is loaded."""
+    from pulid_flux.identity_store import IdentityNameError, identity_file_name
+
+    if not args.out and not args.card:
+        raise SetupError("give --out NAME.safetensors, --card NAME.png, or both")
+    out = card = None
+    if args.out:
+        out = os.path.abspath(args.out)
+        if not out.endswith(".safetensors"):
+            raise SetupError(f"--out {args.out}: identity files end in .safetensors")
+        try:  # the name rule of Save identity and the upload route: the file must be usable on any server
+            identity_file_name(os.path.basename(out))
+        except IdentityNameError as e:
+            raise SetupError(f"--out {args.out}: {e}") from None
+    if args.card:
+        card = os.path.abspath(args.card)
+        if not card.lower().endswith(".png"):
+            raise SetupError(f"--card {args.card}: identity cards are PNG files (NAME.png)")
+    for option, path in (("--out", out), ("--card", card)):
+        if path and os.path.exists(path) and not args.overwrite:
+            raise SetupError(f"{option} {path} exists: choose another name or add --overwrite")
+    return out, card
+
+
+def write_outputs(identity, out: str | None, card: str | None, overwrite: bool) -> list[str]:
+    from pulid_flux.identity_card import identity_card_bytes
+    from pulid_flux.identity_file import save_identity
+    from pulid_flux.identity_store import write_file_atomically
+
+    if out:
+        save_identity(identity, out, overwrite=overwrite)
+    if card:
+        write_file_atomically(identity_card_bytes(identity), card, overwrite)
+    return [p for p in (out, card) if p]
+
+
+def encode_identity_file(args) -> list[str]:
+    """Everything the command does; returns the paths written. Raises SetupError."""
     from ..doctor.checks import import_pack_parts
 
     encoders, pulid_flux = import_pack_parts()
@@ -208,22 +248,10 @@ def encode_identity_file(args) -> str:
     from encoders.curation import selection
     from encoders.references import NoUsableFace, encode_references
     from pulid_flux.curated_fusion import IdTokenMaker
-    from pulid_flux.identity import build_identity, file_fingerprint, save_identity
-    from pulid_flux.identity_store import IdentityNameError, identity_file_name
+    from pulid_flux.identity import build_identity, file_fingerprint
 
     settings = reference_settings(args, selection)
-    if args.out is None:
-        raise SetupError("--out NAME.safetensors is needed to write an identity (or --report to only print the "
-                         "figures)")
-    out = os.path.abspath(args.out)
-    if not out.endswith(".safetensors"):
-        raise SetupError(f"--out {args.out}: identity files end in .safetensors")
-    try:  # the name rule of Save identity and the upload route: the file must be usable on any server
-        identity_file_name(os.path.basename(out))
-    except IdentityNameError as e:
-        raise SetupError(f"--out {args.out}: {e}") from None
-    if os.path.exists(out) and not args.overwrite:
-        raise SetupError(f"--out {out} exists: choose another name or add --overwrite")
+    out, card = check_outputs(args)
     folders = model_folders(args.models)
     pulid_name, pulid_path = find_pulid(folders, args.pulid)
     eva_paths = find_eva(folders, args.eva)
@@ -275,24 +303,26 @@ def encode_identity_file(args) -> str:
                                   fusion=args.fusion, face_order=args.face_order, face_index=args.face_index,
                                   use_gray=not args.no_gray, references=len(emb.used),
                                   **{curation_report.METADATA_KEY: json.dumps(emb.report)})
-        save_identity(identity, out, overwrite=args.overwrite)
+        written = write_outputs(identity, out, card, args.overwrite)
         bar.n = bar.total
         bar.set_description("done")
-    return out
+    print(f"fingerprint {identity.fingerprint}", file=sys.stderr)
+    return written
 
 
 def run(args) -> int:
     if args.json and not args.report:
         print("error: --json goes with --report (it prints the report as JSON)", file=sys.stderr)
         return 1
-    if args.report and args.out:
-        print(f"error: --report writes no file: leave out --out {args.out} (or --report, to write the identity; "
+    if args.report and (args.out or args.card):
+        given = f"--out {args.out}" if args.out else f"--card {args.card}"
+        print(f"error: --report writes no file: leave out {given} (or --report, to write the identity; "
               f"with --curate warn/drop/weight it prints the table too)", file=sys.stderr)
         return 1
     try:
         if args.report:
             return print_report(args)
-        out = encode_identity_file(args)
+        written = encode_identity_file(args)
     except (SetupError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -301,5 +331,5 @@ def run(args) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(out)
+    print("\n".join(written))
     return 0

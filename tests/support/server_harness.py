@@ -1,5 +1,6 @@
 """A real ComfyUI server for end-to-end tests: an isolated --base-directory with this pack and a test-only
 node pack in custom_nodes/, tiny models, listening on 127.0.0.1 only, stopped when the test ends."""
+import contextlib
 import json
 import os
 import socket
@@ -161,3 +162,25 @@ class ComfyServer:
                 self.process.wait(10)
         if self.process is not None:
             self._log.close()
+
+
+@contextlib.contextmanager
+def running_servers(base: str, count: int, extra_args=lambda n, folder: ()):
+    """`count` servers sharing `base` (its models and custom nodes), each with its own output/input/temp/user
+    folders under base/s<n>/ plus `extra_args(n, that folder)`; started together, all stopped at the end."""
+    started = []
+    try:
+        for n in range(count):
+            folder, args = os.path.join(base, f"s{n}"), []
+            for kind in ("output", "input", "temp", "user"):
+                os.makedirs(os.path.join(folder, kind))
+                args += [f"--{kind}-directory", os.path.join(folder, kind)]
+            server = ComfyServer(H.comfyui_path(), base, name=f"server{n}", extra_args=(*args, *extra_args(n, folder)))
+            server.start()
+            started.append(server)
+        for server in started:
+            server.wait_until_ready()
+        yield started
+    finally:
+        for server in started:
+            server.__exit__(None, None, None)
