@@ -36,7 +36,7 @@ def face_previews(photos: int) -> torch.Tensor:
     return torch.stack([pair if i % 2 == 0 else torch.flip(pair, dims=[1]) for i in range(photos)])
 
 
-def build(photos: int) -> ident.Identity:
+def build(photos: int) -> fmt.Identity:
     g = torch.Generator().manual_seed(photos)
     return ident.build_identity(torch.randn(1, 32, 2048, generator=g), torch.randn(1, 32, 2048, generator=g),
                                 torch.randn(photos, 512, generator=g), face_previews(photos),

@@ -1,6 +1,6 @@
 """Operations on identities: build one from encoder outputs, blend two, the preview rows, and the cheap content
 fingerprint of the PuLID-Flux weight file an identity was made with. No ComfyUI imports. The file format (the
-Identity value, its reader and writer) is identity_file.py; its public names are re-exported here for callers."""
+Identity value, its reader and writer) is identity_file.py."""
 from __future__ import annotations
 
 import datetime
@@ -13,10 +13,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from .identity_file import (ARCFACE_DIM, ARCFACE_NORM_TOLERANCE, FORMAT_NAME, FORMAT_VERSION,  # noqa: F401
-                            MAX_ABS_TOKEN, MAX_FILE_BYTES, SAVE_HINT, TENSORS, Identity, IdentityFileError,
-                            identity_bytes, identity_problem, identity_tensors, load_identity, read_identity_bytes,
-                            save_identity, whole_number)
+from .identity_file import ARCFACE_DIM, FORMAT_NAME, FORMAT_VERSION, Identity, identity_problem, whole_number
 
 PREVIEW_HEIGHT = 128  # preview rows are stored at 128 x 256 (aligned | parsed), uint8
 

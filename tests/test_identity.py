@@ -13,7 +13,8 @@ from support import tolerance as tol
 from encoders import load_face_analysis
 from encoders import similarity
 from pulid_flux import identity as ident
-from pulid_flux.identity import IdentityFileError
+from pulid_flux import identity_file as fmt
+from pulid_flux.identity_file import IdentityFileError
 from pulid_flux.identity_store import identity_file_name
 from support import encoder_fakes as fakes
 from support.pulid_fakes import write_pulid_file
@@ -47,39 +48,39 @@ def test_build_normalises_arcface_and_shrinks_the_preview():
 
 def test_save_load_round_trip_is_bit_identical_and_small(tmp_path):
     identity = make_identity()
-    path = ident.save_identity(identity, str(tmp_path / "alice.safetensors"))
+    path = fmt.save_identity(identity, str(tmp_path / "alice.safetensors"))
     assert os.path.getsize(path) < 1_000_000
-    loaded = ident.load_identity(path)
-    for name in ident.TENSORS:
+    loaded = fmt.load_identity(path)
+    for name in fmt.TENSORS:
         assert torch.equal(getattr(loaded, name), getattr(identity, name)), name
     assert loaded.meta == identity.meta and loaded.source == path and loaded.label == "alice.safetensors"
     with open(path, "rb") as f:  # metadata readable from the header alone
         header = json.loads(f.read(8 + int.from_bytes(open(path, "rb").read(8), "little"))[8:])
     assert header["__metadata__"]["pulid_file"] == "pulid_flux_v0.9.1.safetensors"
-    assert ident.read_identity_bytes(open(path, "rb").read()).meta == identity.meta
+    assert fmt.read_identity_bytes(open(path, "rb").read()).meta == identity.meta
 
 
 def test_save_never_overwrites_unless_asked(tmp_path):
     path = str(tmp_path / "bob.safetensors")
-    ident.save_identity(make_identity(0), path)
+    fmt.save_identity(make_identity(0), path)
     with pytest.raises(FileExistsError, match="bob.safetensors already exists .*set overwrite"):
-        ident.save_identity(make_identity(1), path)
-    assert torch.equal(ident.load_identity(path).id_tokens, make_identity(0).id_tokens)
-    ident.save_identity(make_identity(1), path, overwrite=True)
-    assert torch.equal(ident.load_identity(path).id_tokens, make_identity(1).id_tokens)
+        fmt.save_identity(make_identity(1), path)
+    assert torch.equal(fmt.load_identity(path).id_tokens, make_identity(0).id_tokens)
+    fmt.save_identity(make_identity(1), path, overwrite=True)
+    assert torch.equal(fmt.load_identity(path).id_tokens, make_identity(1).id_tokens)
     assert sorted(os.listdir(tmp_path)) == ["bob.safetensors"]  # no temp files left behind
 
 
 def bad_files(tmp_path):
     """name -> (path, expected message fragment)."""
     good = make_identity()
-    t = ident.identity_tensors(good)
+    t = fmt.identity_tensors(good)
     out = {}
     p = tmp_path / "random.safetensors"
     p.write_bytes(os.urandom(100))
     out["not safetensors"] = (str(p), "not a safetensors file")
     p = tmp_path / "cut.safetensors"
-    p.write_bytes(ident.identity_bytes(good)[:5000])
+    p.write_bytes(fmt.identity_bytes(good)[:5000])
     out["truncated"] = (str(p), "the file is truncated: it has 5,000 bytes, its header describes")
     out["pulid weights"] = (write_pulid_file(str(tmp_path / "pulid.safetensors"), ident_tiny_cfg(), seed=0),
                             "It holds PuLID-Flux model weights: put it in models/pulid")
@@ -113,14 +114,14 @@ def ident_tiny_cfg():
 def test_every_bad_file_gets_its_message_naming_the_file_and_the_fix(tmp_path):
     for what, (path, message) in bad_files(tmp_path).items():
         with pytest.raises(IdentityFileError) as e:
-            ident.load_identity(path)
+            fmt.load_identity(path)
         text = str(e.value)
         assert message in text, (what, text)
         assert text.startswith(os.path.basename(path) + ": ") and f"file: {path}" in text and "Fix: " in text, what
         with pytest.raises(IdentityFileError, match="upload"):  # the upload path uses the same checks
-            ident.read_identity_bytes(open(path, "rb").read(), "upload")
+            fmt.read_identity_bytes(open(path, "rb").read(), "upload")
     with pytest.raises(IdentityFileError, match="nope.safetensors: identity file not found"):
-        ident.load_identity(str(tmp_path / "nope.safetensors"))
+        fmt.load_identity(str(tmp_path / "nope.safetensors"))
 
 
 def test_a_pickle_renamed_to_safetensors_is_refused_without_running_it(tmp_path):
@@ -128,7 +129,7 @@ def test_a_pickle_renamed_to_safetensors_is_refused_without_running_it(tmp_path)
     path = tmp_path / "evil.safetensors"
     fakes.write_malicious_pt(str(path), str(marker))
     with pytest.raises(IdentityFileError, match="not a safetensors file"):
-        ident.load_identity(str(path))
+        fmt.load_identity(str(path))
     assert not marker.exists()
 
 

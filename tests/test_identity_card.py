@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from pulid_flux import identity as ident
+from pulid_flux import identity_file as fmt
 from pulid_flux import identity_card as card
-from pulid_flux.identity import IdentityFileError
+from pulid_flux.identity_file import IdentityFileError
 from pulid_flux.identity_card import IdentityCardError, card_bytes, identity_bytes_from_card, read_card
 from pulid_flux.identity_fingerprint import identity_fingerprint
 from test_identity import make_identity
@@ -24,8 +24,8 @@ from test_identity import make_identity
 
 def full_card(seed=0):
     identity = make_identity(seed)
-    data = ident.identity_bytes(identity)
-    fp = identity_fingerprint(ident.identity_tensors(identity), identity.meta)
+    data = fmt.identity_bytes(identity)
+    fp = identity_fingerprint(fmt.identity_tensors(identity), identity.meta)
     return identity, data, card_bytes(identity.preview, data, fp), fp
 
 
@@ -38,7 +38,7 @@ def tiny_identity_bytes(seed=0, tokens=2, width=8):
                "uncond_tokens": torch.randn(1, tokens, width, generator=g),
                "arcface": torch.nn.functional.normalize(torch.randn(1, 512, generator=g), dim=-1),
                "preview": torch.randint(0, 256, (1, 4, 8, 3), generator=g, dtype=torch.uint8)}
-    meta = {"format": ident.FORMAT_NAME, "format_version": "1", "fusion": "mean",
+    meta = {"format": fmt.FORMAT_NAME, "format_version": "1", "fusion": "mean",
             "created": "2026-12-03T00:00:00+00:00"}
     return tensors["preview"], save(tensors, metadata=meta)
 
@@ -86,21 +86,21 @@ def test_a_card_loads_bit_identically_to_the_file_it_came_from(tmp_path):
     assert contents.identity_bytes == data and contents.fingerprint == fp and contents.card_version == 1
     extracted = tmp_path / "from_card.safetensors"
     extracted.write_bytes(identity_bytes_from_card(png, "alice.png"))
-    from_file, from_card = ident.load_identity(str(file_path)), ident.load_identity(str(extracted))
-    for name in ident.TENSORS:
+    from_file, from_card = fmt.load_identity(str(file_path)), fmt.load_identity(str(extracted))
+    for name in fmt.TENSORS:
         a, b = getattr(from_file, name), getattr(from_card, name)
         assert a.dtype == b.dtype and torch.equal(a, b) and torch.equal(b, getattr(identity, name)), name
     assert from_card.meta == from_file.meta == identity.meta
-    assert identity_fingerprint(ident.identity_tensors(from_card), from_card.meta) == fp
-    assert ident.read_identity_bytes(contents.identity_bytes, "alice.png").meta == identity.meta  # no temp file needed
+    assert identity_fingerprint(fmt.identity_tensors(from_card), from_card.meta) == fp
+    assert fmt.read_identity_bytes(contents.identity_bytes, "alice.png").meta == identity.meta  # no temp file needed
 
 
 def test_a_card_of_a_newer_identity_format_is_refused_by_the_identity_reader_naming_the_card():
     identity = make_identity(0)
-    newer = ident.identity_bytes(dataclasses.replace(identity, meta=dict(identity.meta, format_version="2")))
+    newer = fmt.identity_bytes(dataclasses.replace(identity, meta=dict(identity.meta, format_version="2")))
     extracted = identity_bytes_from_card(card_bytes(identity.preview, newer), "alice.png")
     with pytest.raises(IdentityFileError, match=r"^alice.png: made by a newer pack \(identity format 2"):
-        ident.read_identity_bytes(extracted, "alice.png")
+        fmt.read_identity_bytes(extracted, "alice.png")
 
 
 def test_a_card_is_an_ordinary_png_showing_the_preview():

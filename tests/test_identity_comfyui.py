@@ -301,7 +301,7 @@ def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
     result = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(out), str(card)] and "7/7" in result.stderr  # 4 models, 1 photo, 1 batch, ID
-    cli = env.pack.pulid_flux.identity.load_identity(str(out))
+    cli = env.pack.pulid_flux.identity_file.load_identity(str(out))
     node, _ = encode(env)
     for name in ("id_tokens", "uncond_tokens", "arcface", "preview"):
         assert torch.equal(getattr(cli, name), getattr(node, name)), name

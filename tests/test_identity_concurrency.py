@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from support import comfy_harness as H
-from pulid_flux import identity as ident
+from pulid_flux import identity_file as fmt
 from test_identity_files import GOOD, make_identity
 from test_identity_upload import UploadServer, multipart
 
@@ -19,7 +19,7 @@ SAVES = UPLOADS = 3  # at once in each round: node saves in threads, uploads on 
 
 def race(folder, save, server, rounds=ROUNDS):
     """save(overwrite) -> None or raises FileExistsError; the uploads go through the HTTP handler."""
-    candidates = [ident.read_identity_bytes(GOOD).id_tokens, make_identity(7).id_tokens]
+    candidates = [fmt.read_identity_bytes(GOOD).id_tokens, make_identity(7).id_tokens]
     target = os.path.join(folder, "same.safetensors")
     for round_ in range(rounds):
         overwrite = round_ % 2 == 1
@@ -56,7 +56,7 @@ def race(folder, save, server, rounds=ROUNDS):
             assert outcomes == ["ok"] * (SAVES + UPLOADS), (round_, outcomes)
         else:  # exactly one writer wins, every other one is told the name exists
             assert sorted(outcomes) == ["exists"] * (SAVES + UPLOADS - 1) + ["ok"], (round_, outcomes)
-        final = ident.load_identity(target).id_tokens  # whole and valid: one of the two, never a mix
+        final = fmt.load_identity(target).id_tokens  # whole and valid: one of the two, never a mix
         assert any(final.equal(t) for t in candidates), round_
         assert os.listdir(folder) == ["same.safetensors"], os.listdir(folder)  # no temporary file remains
 
@@ -69,7 +69,7 @@ def test_save_and_upload_of_one_name_at_once(tmp_path):
     def save(overwrite):  # what Save identity does (comfy_layer.identities.save_to_folder), without ComfyUI
         from pulid_flux.identity_store import identity_file_name
 
-        ident.save_identity(identity, os.path.join(folder, identity_file_name("same")), overwrite)
+        fmt.save_identity(identity, os.path.join(folder, identity_file_name("same")), overwrite)
 
     try:
         race(folder, save, server)
@@ -85,7 +85,7 @@ def test_save_identity_node_and_upload_of_one_name_at_once(tmp_path):
     folder_paths.add_model_folder_path("pulid_identities", folder, is_default=True)
     pack = H.import_pack(str(tmp_path))
     assert pack.comfy_layer.folders.save_folder() == folder
-    identity = pack.pulid_flux.identity.read_identity_bytes(ident.identity_bytes(make_identity(7)))
+    identity = pack.pulid_flux.identity_file.read_identity_bytes(fmt.identity_bytes(make_identity(7)))
     node = pack.NODE_CLASS_MAPPINGS["PulidFluxSaveIdentity"]()
     server = UploadServer(folder, pack.pulid_flux.identity_upload.handle_upload)  # the handler the route registers
     try:

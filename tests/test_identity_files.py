@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pulid_flux import identity as ident
-from pulid_flux.identity import IdentityFileError
+from pulid_flux import identity_file as fmt
+from pulid_flux.identity_file import IdentityFileError
 from pulid_flux.identity_store import IdentityNameError, identity_file_name, write_file_atomically
 from pulid_flux.safetensors_file import SafetensorsFileError, parse_header
 
@@ -20,7 +21,7 @@ def make_identity(seed=0, refs=1):
                                 pulid_file="pulid_flux_v0.9.1.safetensors", pulid_fingerprint="f" * 32, fusion="mean")
 
 
-GOOD = ident.identity_bytes(make_identity())
+GOOD = fmt.identity_bytes(make_identity())
 
 
 def split(data: bytes) -> tuple[dict, bytes]:
@@ -44,9 +45,9 @@ def refused(tmp_path, data: bytes, name="bad.safetensors") -> str:
     path = tmp_path / name
     path.write_bytes(data)
     with pytest.raises(IdentityFileError) as on_disk:
-        ident.load_identity(str(path))
+        fmt.load_identity(str(path))
     with pytest.raises(IdentityFileError) as uploaded:
-        ident.read_identity_bytes(data, name)
+        fmt.read_identity_bytes(data, name)
     text = str(on_disk.value)
     assert text.startswith(f"{name}: ") and f"file: {path}" in text and "\n  Fix: " in text, text
     assert str(uploaded.value).split("\n")[0] == text.split("\n")[0]  # the same reader says the same thing
@@ -123,7 +124,7 @@ def test_real_pickles_and_zips_are_named(tmp_path):
 
 # --- values checked after parsing --------------------------------------------------------------------------
 def tensors_with(**changes):
-    t = ident.identity_tensors(make_identity())
+    t = fmt.identity_tensors(make_identity())
     t.update(changes)
     return t
 
@@ -135,7 +136,7 @@ def file_of(tensors, **meta) -> bytes:
 
 
 def test_absurd_finite_tokens_are_refused(tmp_path):
-    t = ident.identity_tensors(make_identity())
+    t = fmt.identity_tensors(make_identity())
     text = refused(tmp_path, file_of(tensors_with(id_tokens=t["id_tokens"] * 0 + 1e38)))
     assert "'id_tokens' holds values up to 1e+38" in text and "encode the identity again" in text
     text = refused(tmp_path, file_of(tensors_with(uncond_tokens=t["uncond_tokens"] * 1e6)))
@@ -144,7 +145,7 @@ def test_absurd_finite_tokens_are_refused(tmp_path):
 
 @pytest.mark.parametrize("scale,length", [(0.0, "length 0;"), (7.0, "length 7;")])
 def test_arcface_rows_must_be_unit_vectors(tmp_path, scale, length):
-    t = ident.identity_tensors(make_identity())
+    t = fmt.identity_tensors(make_identity())
     text = refused(tmp_path, file_of(tensors_with(arcface=t["arcface"] * scale)))
     assert f"ArcFace row 0 has {length}" in text and "unit vectors" in text, text
     with pytest.raises(ValueError, match="cannot build an identity: ArcFace row 0 has length 0"):
@@ -153,21 +154,21 @@ def test_arcface_rows_must_be_unit_vectors(tmp_path, scale, length):
 
 
 def test_arcface_rows_within_float_rounding_still_load(tmp_path):
-    t = ident.identity_tensors(make_identity())
+    t = fmt.identity_tensors(make_identity())
     path = tmp_path / "ok.safetensors"
     path.write_bytes(file_of(tensors_with(arcface=t["arcface"] * (1 + 2e-4))))
-    assert ident.load_identity(str(path)).arcface.shape == (1, 512)
+    assert fmt.load_identity(str(path)).arcface.shape == (1, 512)
 
 
 @pytest.mark.parametrize("value", ["abc", "", "-1", "0", "1.5", "9" * 30, " 2"])
 def test_references_that_are_not_a_count_are_refused(tmp_path, value):
-    text = refused(tmp_path, file_of(ident.identity_tensors(make_identity()), references=value))
+    text = refused(tmp_path, file_of(fmt.identity_tensors(make_identity()), references=value))
     assert f"its 'references' metadata {value!r} is not a positive whole number" in text
 
 
 def test_format_version_that_is_not_a_number_is_refused(tmp_path):
     assert "its format_version 'one' is not a positive whole number" in refused(
-        tmp_path, file_of(ident.identity_tensors(make_identity()), format_version="one"))
+        tmp_path, file_of(fmt.identity_tensors(make_identity()), format_version="one"))
 
 
 def test_a_file_written_before_these_checks_still_loads(tmp_path):
@@ -176,9 +177,9 @@ def test_a_file_written_before_these_checks_still_loads(tmp_path):
 
     identity = make_identity(3, refs=2)
     path = tmp_path / "old.safetensors"
-    path.write_bytes(save(ident.identity_tensors(identity), metadata=dict(identity.meta)))
-    loaded = ident.load_identity(str(path))
-    assert all(torch.equal(getattr(loaded, k), getattr(identity, k)) for k in ident.TENSORS)
+    path.write_bytes(save(fmt.identity_tensors(identity), metadata=dict(identity.meta)))
+    loaded = fmt.load_identity(str(path))
+    assert all(torch.equal(getattr(loaded, k), getattr(identity, k)) for k in fmt.TENSORS)
     assert loaded.meta == identity.meta
 
 
@@ -218,7 +219,7 @@ def test_the_name_rule_keeps_plain_names():
 # --- one writer --------------------------------------------------------------------------------------------
 def test_concurrent_writes_of_one_name_in_one_process_never_fail_oddly(tmp_path):
     """Before: the temporary name was .NAME.<pid>.tmp, shared by every writer in the process."""
-    data = [ident.identity_bytes(make_identity(i)) for i in range(2)]
+    data = [fmt.identity_bytes(make_identity(i)) for i in range(2)]
     outcomes, barrier = [], threading.Barrier(8)
 
     def write(i):

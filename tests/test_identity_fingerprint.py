@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load, save
 
-from pulid_flux import identity as ident
+from pulid_flux import identity_file as fmt
 from pulid_flux.identity_fingerprint import (FINGERPRINT_META_KEYS, canonical_safetensors, identity_fingerprint,
                                              short_fingerprint)
 from test_identity import make_identity
@@ -19,7 +19,7 @@ REPO_ROOT = __file__.rsplit("/tests/", 1)[0]
 
 
 def parts(identity):
-    return ident.identity_tensors(identity), dict(identity.meta)
+    return fmt.identity_tensors(identity), dict(identity.meta)
 
 
 GOLDEN_TENSORS = {"id_tokens": torch.arange(12, dtype=torch.float32).reshape(1, 3, 4),
@@ -48,7 +48,7 @@ def test_equal_content_gives_equal_fingerprints_whatever_the_time_version_name_o
 def test_a_saved_loaded_or_carded_identity_keeps_its_fingerprint(tmp_path):
     identity = make_identity(3)
     fp = identity_fingerprint(*parts(identity))
-    loaded = ident.load_identity(ident.save_identity(identity, str(tmp_path / "a.safetensors")))
+    loaded = fmt.load_identity(fmt.save_identity(identity, str(tmp_path / "a.safetensors")))
     assert identity_fingerprint(*parts(loaded)) == fp
 
 
@@ -62,7 +62,7 @@ def test_every_shaping_setting_counts(key):
         tensors, {k: v for k, v in meta.items() if k != key})  # absent is not empty
 
 
-@given(st.sampled_from(ident.TENSORS), st.integers(0, 2**40), st.integers(1, 255))
+@given(st.sampled_from(fmt.TENSORS), st.integers(0, 2**40), st.integers(1, 255))
 def test_any_tensor_byte_changes_the_fingerprint(name, where, xor):
     tensors, meta = parts(IDENTITY)
     changed = dict(tensors)
@@ -111,7 +111,7 @@ def test_canonical_bytes_make_equal_content_byte_identical():
     assert n % 8 == 0 and list(json.loads(data[8:8 + n])) == sorted(json.loads(data[8:8 + n]))
     back = load(data)
     assert all(torch.equal(back[k], tensors[k]) for k in tensors) and sorted(back) == sorted(tensors)
-    loaded = ident.read_identity_bytes(data, "canonical")
+    loaded = fmt.read_identity_bytes(data, "canonical")
     assert loaded.meta == meta and identity_fingerprint(*parts(loaded)) == FP
     assert canonical_safetensors(data) == data  # idempotent
 

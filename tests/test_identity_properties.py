@@ -11,8 +11,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pulid_flux import identity as ident
-from pulid_flux.identity import IdentityFileError
+from pulid_flux import identity_file as fmt
+from pulid_flux.identity_file import IdentityFileError
 from pulid_flux.identity_store import MAX_NAME_CHARS, IdentityNameError, identity_file_name
 from pulid_flux.safetensors_file import SafetensorsFileError, parse_header
 from test_identity_files import GOOD, join, split
@@ -43,7 +43,7 @@ def both_readers(tmp_path, data: bytes):
     path = tmp_path / "x.safetensors"
     path.write_bytes(data)
     outcomes = []
-    for read in (lambda: ident.load_identity(str(path)), lambda: ident.read_identity_bytes(data, "x.safetensors")):
+    for read in (lambda: fmt.load_identity(str(path)), lambda: fmt.read_identity_bytes(data, "x.safetensors")):
         try:
             identity = read()
             outcomes.append(None)
@@ -52,7 +52,7 @@ def both_readers(tmp_path, data: bytes):
     assert outcomes[0] == outcomes[1], outcomes  # one reader: the file and the upload get the same answer
     if outcomes[0] is None:
         assert torch.isfinite(identity.id_tokens).all() and identity.arcface.shape[1] == 512
-        assert (identity.arcface.double().norm(dim=-1) - 1).abs().max() <= ident.ARCFACE_NORM_TOLERANCE
+        assert (identity.arcface.double().norm(dim=-1) - 1).abs().max() <= fmt.ARCFACE_NORM_TOLERANCE
     return outcomes[0]
 
 
@@ -134,12 +134,12 @@ def test_identity_reader_on_any_length(tmp_path, size):
 def test_identity_reader_on_any_value(tmp_path, value, name):
     from safetensors.torch import save
 
-    tensors = ident.identity_tensors(ident.read_identity_bytes(GOOD))
+    tensors = fmt.identity_tensors(fmt.read_identity_bytes(GOOD))
     tensors[name] = tensors[name].clone()
     tensors[name].view(-1)[0] = value
     message = both_readers(tmp_path, save(tensors, metadata=HEADER["__metadata__"]))
     if message is None:
-        assert abs(value) <= ident.MAX_ABS_TOKEN
+        assert abs(value) <= fmt.MAX_ABS_TOKEN
 
 
 # --- the name rule ----------------------------------------------------------------------------------------------
@@ -178,6 +178,6 @@ def test_upload_handler_answers_4xx_or_200_never_5xx(server, layout, cut):
     status, answer = server.post(body[:len(body) // 2] if cut else body, content_type)
     assert status in (200, 400, 409, 413), (status, answer)
     if status == 200:
-        assert ident.read_identity_bytes(open(f"{server.folder}/{answer['name']}", "rb").read())
+        assert fmt.read_identity_bytes(open(f"{server.folder}/{answer['name']}", "rb").read())
     else:
         assert isinstance(answer, dict) and answer["error"], answer

@@ -42,7 +42,8 @@ def identity_bytes(server):
     from skimage import data
 
     from encoders import load_face_analysis, similarity
-    from pulid_flux.identity import build_identity, identity_bytes
+    from pulid_flux.identity import build_identity
+    from pulid_flux.identity_file import identity_bytes
 
     analysis = load_face_analysis(os.path.join(server.base, "models", "insightface"), "CPU")
     arcface, _ = similarity.reference_embedding(analysis, data.astronaut())

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from pulid_flux import identity as ident
+from pulid_flux import identity_file as fmt
 from pulid_flux.identity_upload import MAX_BODY_BYTES, handle_upload
 from test_identity_files import GOOD, make_identity, setter, with_header
 
@@ -142,7 +142,7 @@ def test_non_ascii_names_are_refused_saying_ascii(server, name):
 
 
 def test_two_file_fields_are_refused(server):
-    other = ident.identity_bytes(make_identity(5))
+    other = fmt.identity_bytes(make_identity(5))
     status, body = server.post(*multipart([("file", "twice.safetensors", GOOD), ("file", "twice.safetensors", other)]))
     assert status == 400 and "the field 'file' is sent twice" in body["error"]
     status, body = server.post(*multipart([("name", None, b"a"), ("name", None, b"b"), ("file", "n.safetensors", GOOD)]))
