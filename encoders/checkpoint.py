@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
-import pickle
-import re
 
 import torch
+
+try:  # one wording for every refused or broken checkpoint, owned by the core's weight reader
+    from ..pulid_flux.weights import torch_load_problem
+except ImportError:  # encoders imported as a top-level package (tests, pulid_tools): so is pulid_flux
+    from pulid_flux.weights import torch_load_problem
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Wrappers used by training scripts around the actual state dict (deepspeed, lightning, EVA-CLIP).
@@ -55,21 +58,6 @@ def load_tensors(path: str, hint: str) -> dict[str, torch.Tensor]:
         raise model_error(path, torch_load_problem(e, "use the original file or its .safetensors version."),
                           hint) from None
     return unwrap_state_dict(path, state, hint)
-
-
-def torch_load_problem(error: Exception, advice: str) -> str:
-    """Why torch.load(weights_only=True) failed, in one line without torch's ANSI codes: a refused pickle (it needs
-    code or objects other than tensors; `advice` ends that sentence) or a truncated/broken file (an interrupted
-    download: the zip reader, EOFError and the like)."""
-    text = str(error)
-    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        such = f" (pickled code such as {found.group(1)})" if found else ""
-        return f"refused: it holds Python objects other than tensors{such}, which is refused for safety; {advice}"
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    first = re.split(r"(?<=[^.\s]{2})\. ", first, maxsplit=1)[0]  # torch's first sentence only
-    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
-    return f"the file is truncated or broken ({detail}); download it again."
 
 
 def unwrap_state_dict(path: str, state: object, hint: str) -> dict[str, torch.Tensor]:

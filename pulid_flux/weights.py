@@ -28,8 +28,9 @@ def _fail(path: str, problem: str) -> PulidWeightsError:
 
 
 def torch_load_problem(error: Exception, advice: str) -> str:
-    """Why torch.load(weights_only=True) failed, in one line (same wording as encoders.checkpoint, which this
-    package does not import): a refused pickle (`advice` ends that sentence) or a truncated/broken file."""
+    """Why torch.load(weights_only=True) failed, in one line without torch's ANSI codes: a refused pickle (it needs
+    code or objects other than tensors; `advice` ends that sentence) or a truncated/broken file (an interrupted
+    download: the zip reader, EOFError and the like). encoders/checkpoint.py uses it too."""
     text = str(error)
     if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
         found = re.search(r"GLOBAL ([\w.]+)", text)
