@@ -69,7 +69,7 @@ def encode_node(pulid, eva, faces, image, fusion="mean", face_order="largest", f
                 curate="off", thresholds: Thresholds = Thresholds()) -> dict:
     identity, emb = encode_identity(pulid, eva, faces, image, fusion, face_order, face_index, use_gray, curate,
                                     thresholds)
-    return shown(identity, emb.preview)
+    return shown(identity, emb.face_preview)
 
 
 def identity_file_problem(file_name) -> str | bool:
