@@ -57,18 +57,12 @@ def write_photos(folder: str) -> list[str]:
 
 
 def test_graph(steps: int, size: int) -> dict:
-    """The basic API example for the test models (as tests/test_server_e2e.py builds it)."""
-    from support.server_harness import TEST_VAE
+    """The basic API example for the test models (as tests/test_server_e2e.py uses it)."""
+    from support.server_harness import TEST_VAE, graph_for_test_models
 
-    with open(os.path.join(REPO_ROOT, "examples", "api", "pulid_flux_basic.json"), encoding="utf-8") as f:
-        graph = json.load(f)
-    for node_id, node in list(graph.items()):
-        if node["class_type"] == "DualCLIPLoader":
-            del graph[node_id]
-        elif node["class_type"] == "CLIPTextEncode":
-            node["class_type"] = "PulidTestFluxConditioning"
-            node["inputs"] = {"text": node["inputs"]["text"], "tokens": 8}
-        elif node["class_type"] == "UNETLoader":
+    graph = graph_for_test_models()
+    for node in graph.values():
+        if node["class_type"] == "UNETLoader":
             node["inputs"]["unet_name"] = "flux_test_1d1s.safetensors"
         elif node["class_type"] == "VAELoader":
             node["inputs"]["vae_name"] = TEST_VAE

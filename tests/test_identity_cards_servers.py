@@ -7,7 +7,6 @@ import io
 import json
 import os
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -50,43 +49,23 @@ def identity():
 
 
 # --- HTTP, as a client and as ComfyUI-Distributed do it --------------------------------------------------------
-def form(fields: dict, files: dict) -> tuple[bytes, str]:
-    """multipart/form-data: text fields and {field: (file name, bytes, content type)}."""
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\nContent-Type: '
-              f'{kind}\r\n\r\n'.encode() + data + b"\r\n" for k, (name, data, kind) in files.items()]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def send(server, path, body: bytes, content_type: str):
-    request = urllib.request.Request(server.url + path, data=body, method="POST",
-                                     headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def media_sync_upload(server, file_name: str, data: bytes) -> str:
     """ComfyUI-Distributed's media sync (api/orchestration/media_sync.py): POST /upload/image with fields image
     (the bytes, image/png), type=input, subfolder, overwrite=true; the worker's path is subfolder/name."""
-    status, reply = send(server, "/upload/image", *form({"type": "input", "subfolder": "", "overwrite": "true"},
+    status, reply = server.post("/upload/image", *S.form_data({"type": "input", "subfolder": "", "overwrite": "true"},
                                                         {"image": (file_name, data, "image/png")}))
     assert status == 200, reply
     return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
 
 
 def upload_identity_file(server, name: str, data: bytes) -> None:
-    status, reply = send(server, "/pulid_flux/identities", *form({"overwrite": "true"},
+    status, reply = server.post("/pulid_flux/identities", *S.form_data({"overwrite": "true"},
                                                                  {"file": (name, data, "application/octet-stream")}))
     assert status == 200, reply
 
 
 def queue(server, graph: dict):
-    return send(server, "/prompt", json.dumps({"prompt": graph}).encode(), "application/json")
+    return server.post("/prompt", json.dumps({"prompt": graph}).encode(), "application/json")
 
 
 def run(server, graph: dict) -> dict:

@@ -3,8 +3,6 @@
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
@@ -54,24 +52,8 @@ def identity_bytes(server):
     return identity_bytes(identity)
 
 
-def multipart(fields: dict, file_name: str, data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
 def post(server, file_name, data, **fields):
-    body, content_type = multipart(fields, file_name, data)
-    request = urllib.request.Request(server.url + ROUTE, data=body, method="POST",
-                                     headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return server.post(ROUTE, *S.form_data(fields, {"file": (file_name, data, "application/octet-stream")}))
 
 
 def identities_folder(server):
@@ -131,10 +113,9 @@ def test_face_similarity_lands_in_history(server, identity_bytes):
         "4": {"class_type": "PulidFluxFaceSimilarity", "inputs": {"face_analysis": ["2", 0], "images": ["3", 0],
                                                                   "identity": ["1", 0]}},
     }
-    request = urllib.request.Request(server.url + "/prompt", data=json.dumps({"prompt": graph}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as r:
-        prompt_id = json.loads(r.read())["prompt_id"]
+    status, reply = server.post("/prompt", json.dumps({"prompt": graph}).encode(), "application/json")
+    assert status == 200, reply
+    prompt_id = reply["prompt_id"]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         history = server.get_json(f"/history/{prompt_id}")
@@ -150,17 +131,7 @@ def test_face_similarity_lands_in_history(server, identity_bytes):
 
 
 def post_raw(server, body: bytes, content_type: str):
-    request = urllib.request.Request(server.url + ROUTE, data=body, method="POST",
-                                     headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        text = e.read()
-        try:
-            return e.code, json.loads(text)
-        except ValueError:
-            return e.code, text.decode("utf-8", "replace")
+    return server.post(ROUTE, body, content_type)
 
 
 def test_issue_15_uploads_get_4xx_on_the_real_server(server, identity_bytes):

@@ -40,16 +40,8 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def test_graph(tmp_path_factory):
     """The basic API example with the text encoders swapped for the test conditioning node."""
-    with open(os.path.join(H.REPO_ROOT, "examples", "api", "pulid_flux_basic.json"), encoding="utf-8") as f:
-        graph = json.load(f)
-    for node_id, node in list(graph.items()):
-        if node["class_type"] == "DualCLIPLoader":
-            del graph[node_id]
-        elif node["class_type"] == "CLIPTextEncode":
-            node["class_type"] = "PulidTestFluxConditioning"
-            node["inputs"] = {"text": node["inputs"]["text"], "tokens": 8}
     path = tmp_path_factory.mktemp("graphs") / "basic_for_tiny_models.json"
-    path.write_text(json.dumps(graph))
+    path.write_text(json.dumps(S.graph_for_test_models()))
     return str(path)
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 from support import comfy_harness as H
 
@@ -89,6 +90,30 @@ def prepare_base_directory(base: str, models: str | None = None) -> None:
         os.symlink(models, os.path.join(base, "models"))
 
 
+def graph_for_test_models(example: str = "pulid_flux_basic.json") -> dict:
+    """An API example from examples/api/ with its text encoders swapped for PulidTestFluxConditioning (the test
+    models have no CLIP/T5); the model and size inputs are left for the caller to set."""
+    with open(os.path.join(H.REPO_ROOT, "examples", "api", example), encoding="utf-8") as f:
+        graph = json.load(f)
+    for node_id, node in list(graph.items()):
+        if node["class_type"] == "DualCLIPLoader":
+            del graph[node_id]
+        elif node["class_type"] == "CLIPTextEncode":
+            node["class_type"] = "PulidTestFluxConditioning"
+            node["inputs"] = {"text": node["inputs"]["text"], "tokens": 8}
+    return graph
+
+
+def form_data(fields: dict, files: dict) -> tuple[bytes, str]:
+    """multipart/form-data as browsers send it: text fields, then {field: (file name, bytes, content type)}."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\nContent-Type: '
+              f'{kind}\r\n\r\n'.encode() + data + b"\r\n" for k, (name, data, kind) in files.items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
 class ComfyServer:
     """`python main.py --cpu --listen 127.0.0.1 --port N --base-directory BASE` from COMFYUI_PATH."""
 
@@ -147,6 +172,20 @@ class ComfyServer:
         with urllib.request.urlopen(request, timeout=timeout) as r:
             assert r.status == 200
         time.sleep(2)  # the idle worker wakes on the flags and unloads; give it a moment
+
+    def post(self, path: str, body: bytes, content_type: str):
+        """(status, reply): the JSON reply, or its text when an error reply is not JSON."""
+        request = urllib.request.Request(self.url + path, data=body, method="POST",
+                                         headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            text = e.read()
+            try:
+                return e.code, json.loads(text)
+            except ValueError:
+                return e.code, text.decode("utf-8", "replace")
 
     def get_json(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
