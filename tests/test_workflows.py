@@ -76,7 +76,8 @@ def pack_definitions_without_comfyui(tmp_root) -> dict:
     definitions, then remove every trace (stubs and the pack's modules) from sys.modules."""
     folder_paths = _module("folder_paths", models_dir=os.path.join(str(tmp_root), "models"),
                            folder_names_and_paths={}, get_filename_list=lambda name: [],
-                           get_folder_paths=lambda name: [], get_full_path=lambda *a: None)
+                           get_folder_paths=lambda name: [], get_full_path=lambda *a: None,
+                           get_input_directory=lambda: str(tmp_root))
     comfy = _module("comfy")
     stubs = {
         "comfy": comfy,
@@ -300,7 +301,7 @@ def ui_to_api(wf, defs):
 def test_the_examples_exist_in_both_formats():
     assert names(UI_FILES) == names(API_FILES) == [
         "pulid_flux_basic.json", "pulid_flux_curation.json", "pulid_flux_identity_best_of_n.json",
-        "pulid_flux_identity_blend.json",
+        "pulid_flux_identity_blend.json", "pulid_flux_identity_card.json",
         "pulid_flux_identity_encode_save.json", "pulid_flux_identity_load_apply.json",
         "pulid_flux_multi_reference.json", "pulid_flux_true_cfg.json", "pulid_flux_two_people.json"]
     assert names(BATCH_FILES) == ["pulid_flux_batch.json", "pulid_flux_identity.json"]
