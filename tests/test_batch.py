@@ -7,30 +7,12 @@ import os
 import pytest
 
 from support.aio_fake_comfy import FakeComfy, identity_bytes
+from support.batch_fixtures import BASIC, IDENTITY_GRAPH, PNG, face, fake  # noqa: F401 - face, fake: fixtures
 from pulid_tools.comfy_http import api as comfy_api
 from pulid_tools.comfy_http import graph as graphs
 from pulid_tools.__main__ import main
 from pulid_tools.batch.command import summary
 from pulid_tools.batch.jobs import make_jobs
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASIC = os.path.join(REPO, "examples", "api", "pulid_flux_basic.json")
-IDENTITY_GRAPH = os.path.join(REPO, "examples", "batch", "pulid_flux_identity.json")
-PNG = b"\x89PNG\r\n\x1a\nface"
-
-
-@pytest.fixture
-def fake():
-    server = FakeComfy()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def face(tmp_path):
-    path = tmp_path / "me.png"
-    path.write_bytes(PNG)
-    return str(path)
 
 
 def write(path, text):

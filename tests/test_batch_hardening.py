@@ -11,7 +11,7 @@ import pytest
 from support.aio_fake_comfy import DROPPED_SAVE_IMAGE, FakeComfy, hung_server
 from pulid_tools.__main__ import main
 from pulid_tools.batch.command import summary
-from test_batch import BASIC, PNG, face, fake  # noqa: F401 - the stand-in server and photo fixtures, shared
+from support.batch_fixtures import BASIC, face, fake  # noqa: F401 - the stand-in server and photo fixtures, shared
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from support import tolerance as tol
-from test_comfyui_nodes import apply, dit_patch, env, sample  # noqa: F401 - env is a fixture
+from support.comfy_nodes_env import apply, dit_patch, env, sample  # noqa: F401 - env is a fixture
 
 pytestmark = pytest.mark.comfyui
 

@@ -12,7 +12,7 @@ import torch
 
 from support import comfy_harness as H
 from support import tolerance as tol
-from test_math import reference_idformer
+from support.reference_math import reference_idformer
 
 pytestmark = pytest.mark.comfyui
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from support import family_models as F
-from test_comfyui_concurrent import cenv, patched, sample  # noqa: F401 - cenv is a fixture
+from support.comfy_patch_env import cenv, patched, sample  # noqa: F401 - cenv is a fixture
 
 pytestmark = pytest.mark.comfyui
 CONFIG_CLASS = {"flux2_klein": "Flux2", "longcat_image": "LongCatImage", "qwen_image": "QwenImage", "sd3": "SD3"}

@@ -1,13 +1,13 @@
 """Tier (b): bad node inputs inside a real ComfyUI (COMFYUI_PATH). Each is refused in the node, before any sampling,
 with a message naming the input and the fix, and the model stays unpatched; or it has a documented handling.
-Shares the models of test_comfyui_nodes (one set per process)."""
+Uses the same env fixture as test_comfyui_nodes (support/comfy_nodes_env.py): the session's one set of model files."""
 import logging
 import os
 
 import pytest
 import torch
 
-from test_comfyui_nodes import apply, env, sample  # noqa: F401 - env: the shared module fixture
+from support.comfy_nodes_env import apply, env, sample  # noqa: F401 - env: the shared module fixture
 
 pytestmark = pytest.mark.comfyui
 NAN, INF = float("nan"), float("inf")

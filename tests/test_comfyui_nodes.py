@@ -7,49 +7,9 @@ import torch
 
 from support import comfy_harness as H
 from support import tolerance as tol
+from support.comfy_nodes_env import apply, dit_patch, env, sample  # noqa: F401 - env: the module fixture
 
 pytestmark = pytest.mark.comfyui
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, comfy_models):
-    """The session's model files, loaded for one module at a time (released when the module ends)."""
-    folder_paths = H.import_comfyui()
-    root = tmp_path_factory.mktemp("comfy")
-    H.register_folders(folder_paths, comfy_models["root"])
-    pack = H.import_pack(str(root))
-    import nodes as comfy_nodes
-
-    class Env:
-        pass
-
-    e = Env()
-    e.pack, e.comfy_nodes = pack, comfy_nodes
-    e.model = comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "default")[0]
-    n = pack.nodes
-    e.pulid = n.PulidFluxModelLoader().load_model("pulid_flux_v0.9.1.safetensors")[0]
-    e.eva = n.PulidFluxEvaClipLoader().load_eva_clip()[0]
-    e.faces = n.PulidFluxInsightFaceLoader().load_insightface("CPU")[0]
-    e.image = H.face_photo()
-    e.positive, e.negative = H.flux_conditioning(0), H.flux_conditioning(1)
-    return e
-
-
-def apply(env, model=None, weight=1.0, start_at=0.0, end_at=1.0, image=None, **kw):
-    return env.pack.nodes.ApplyPulidFlux().apply_pulid_flux(
-        model or env.model, env.pulid, env.eva, env.faces, env.image if image is None else image, weight, start_at,
-        end_at, **kw)
-
-
-def sample(env, model, steps=2, cfg=1.0, seed=3, positive=None, size=16):
-    latent = {"samples": torch.zeros(1, 16, size, size)}
-    out = env.comfy_nodes.common_ksampler(model, seed, steps, cfg, "euler", "simple", positive or env.positive,
-                                          env.negative, latent, denoise=1.0)
-    return out[0]["samples"]
-
-
-def dit_patch(model, key=("double_block", 0)):
-    return model.model_options["transformer_options"]["patches_replace"]["dit"][key]
 
 
 def test_node_mappings_keep_the_original_names_and_input_order(env):

@@ -271,7 +271,7 @@ def test_thresholds_move_the_verdicts():
 
 # --- through the real encoder path (synthetic antelopev2, random BiSeNet, tiny EVA) ------------------------------
 def test_figures_from_the_encoders_own_results(tmp_path):
-    from test_encoders_pipeline import make_models
+    from support.encoder_models import make_models
 
     encoders = make_models(str(tmp_path))
     photo = fx.astronaut()

@@ -12,6 +12,7 @@ from encoders import FaceEncoders, FaceResult, NoFace, load_face_analysis
 from encoders.images import align_face
 from encoders.parsing import face_features_image, parse_labels
 from support import encoder_fakes as fakes
+from support.encoder_models import make_models
 
 
 def astronaut_rgb():
@@ -25,14 +26,6 @@ def group_photo_rgb():
 
     path = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
     return np.ascontiguousarray(cv2.imread(path)[:, :, ::-1])
-
-
-def make_models(root, faces=fakes.ONE_FACE):
-    fakes.write_antelopev2(os.path.join(root, "insightface", "models", "antelopev2"), faces=faces)
-    fakes.write_bisenet(os.path.join(root, "facexlib", "parsing_bisenet.pth"))
-    fakes.write_eva_baai(os.path.join(root, "EVA02_CLIP_L_336_psz14_s6B.pt"), fakes.TINY_EVA)
-    return FaceEncoders.load(os.path.join(root, "insightface"), os.path.join(root, "EVA02_CLIP_L_336_psz14_s6B.pt"),
-                             os.path.join(root, "facexlib"), providers="CPU", eva_config=fakes.TINY_EVA)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from pulid_flux.identity_file import IdentityFileError
 from pulid_flux.identity_store import identity_file_name
 from support import encoder_fakes as fakes
 from support.pulid_fakes import write_pulid_file
-
-
-def make_identity(seed=0, tokens=32, width=2048, refs=2, fingerprint="f" * 32, fusion="mean"):
-    g = torch.Generator().manual_seed(seed)
-    return ident.build_identity(torch.randn(1, tokens, width, generator=g), torch.randn(1, 32, width, generator=g),
-                                torch.randn(refs, 512, generator=g) * 7, torch.rand(refs, 512, 1024, 3, generator=g),
-                                pulid_file="pulid_flux_v0.9.1.safetensors", pulid_fingerprint=fingerprint,
-                                fusion=fusion, face_order="largest", face_index=0, use_gray=True)
+from support.identity_samples import make_full_size_identity
 
 
 def write_raw(path, tensors, metadata):
@@ -37,7 +30,7 @@ def write_raw(path, tensors, metadata):
 
 # --- value and file -------------------------------------------------------------------------------------
 def test_build_normalises_arcface_and_shrinks_the_preview():
-    identity = make_identity()
+    identity = make_full_size_identity()
     assert identity.id_tokens.dtype == identity.uncond_tokens.dtype == torch.float32
     tol.assert_close(identity.arcface.norm(dim=-1), torch.ones(2), torch.float32, tol.OPS)
     assert identity.preview.shape == (2, 128, 256, 3) and identity.preview.dtype == torch.uint8
@@ -47,7 +40,7 @@ def test_build_normalises_arcface_and_shrinks_the_preview():
 
 
 def test_save_load_round_trip_is_bit_identical_and_small(tmp_path):
-    identity = make_identity()
+    identity = make_full_size_identity()
     path = fmt.save_identity(identity, str(tmp_path / "alice.safetensors"))
     assert os.path.getsize(path) < 1_000_000
     loaded = fmt.load_identity(path)
@@ -62,18 +55,18 @@ def test_save_load_round_trip_is_bit_identical_and_small(tmp_path):
 
 def test_save_never_overwrites_unless_asked(tmp_path):
     path = str(tmp_path / "bob.safetensors")
-    fmt.save_identity(make_identity(0), path)
+    fmt.save_identity(make_full_size_identity(0), path)
     with pytest.raises(FileExistsError, match="bob.safetensors already exists .*set overwrite"):
-        fmt.save_identity(make_identity(1), path)
-    assert torch.equal(fmt.load_identity(path).id_tokens, make_identity(0).id_tokens)
-    fmt.save_identity(make_identity(1), path, overwrite=True)
-    assert torch.equal(fmt.load_identity(path).id_tokens, make_identity(1).id_tokens)
+        fmt.save_identity(make_full_size_identity(1), path)
+    assert torch.equal(fmt.load_identity(path).id_tokens, make_full_size_identity(0).id_tokens)
+    fmt.save_identity(make_full_size_identity(1), path, overwrite=True)
+    assert torch.equal(fmt.load_identity(path).id_tokens, make_full_size_identity(1).id_tokens)
     assert sorted(os.listdir(tmp_path)) == ["bob.safetensors"]  # no temp files left behind
 
 
 def bad_files(tmp_path):
     """name -> (path, expected message fragment)."""
-    good = make_identity()
+    good = make_full_size_identity()
     t = fmt.identity_tensors(good)
     out = {}
     p = tmp_path / "random.safetensors"
@@ -148,7 +141,7 @@ def test_plain_names_get_the_extension():
 
 # --- blending -------------------------------------------------------------------------------------------
 def test_blend_endpoints_are_exact_and_the_midpoint_is_the_weighted_mean():
-    a, b = make_identity(1), make_identity(2)
+    a, b = make_full_size_identity(1), make_full_size_identity(2)
     assert ident.blend_identities(a, b, 0.0) is a and ident.blend_identities(a, b, 1.0) is b
     mid = ident.blend_identities(a, b, 0.5)
     assert torch.equal(mid.id_tokens, (a.id_tokens + b.id_tokens) / 2)
@@ -160,27 +153,27 @@ def test_blend_endpoints_are_exact_and_the_midpoint_is_the_weighted_mean():
     arc = F.normalize(0.75 * a.mean_arcface().double() + 0.25 * b.mean_arcface().double(), dim=0)
     tol.assert_close(quarter.mean_arcface(), arc, torch.float32, tol.OPS)
     assert quarter.meta["references"] == "4" and json.loads(quarter.meta["blend"])["ratio"] == 0.25
-    assert a.id_tokens.equal(make_identity(1).id_tokens)  # inputs untouched
+    assert a.id_tokens.equal(make_full_size_identity(1).id_tokens)  # inputs untouched
 
 
 def test_a_blend_keeps_neither_sources_photo_report_nor_fingerprint():
     import dataclasses
 
-    a = make_identity(1)
+    a = make_full_size_identity(1)
     a = dataclasses.replace(a, meta=dict(a.meta, pulid_curation='{"references": []}', fingerprint=a.fingerprint))
-    mid = ident.blend_identities(a, make_identity(2), 0.5)
+    mid = ident.blend_identities(a, make_full_size_identity(2), 0.5)
     assert "pulid_curation" not in mid.meta and "fingerprint" not in mid.meta
     assert mid.fingerprint != a.fingerprint
 
 
 def test_blend_refuses_other_pulid_files_and_other_token_counts():
-    a = make_identity(1)
+    a = make_full_size_identity(1)
     with pytest.raises(ValueError, match="different PuLID-Flux files.*Encode both people with the same"):
-        ident.blend_identities(a, make_identity(2, fingerprint="e" * 32), 0.5)
+        ident.blend_identities(a, make_full_size_identity(2, fingerprint="e" * 32), 0.5)
     with pytest.raises(ValueError, match=r"different token counts.*\[1, 32, 2048\].*\[1, 64, 2048\]"):
-        ident.blend_identities(a, make_identity(2, tokens=64, fusion="concat"), 0.5)
+        ident.blend_identities(a, make_full_size_identity(2, tokens=64, fusion="concat"), 0.5)
     with pytest.raises(ValueError, match="ratio must be between 0 and 1"):
-        ident.blend_identities(a, make_identity(2), 1.5)
+        ident.blend_identities(a, make_full_size_identity(2), 1.5)
 
 
 # --- fingerprint ----------------------------------------------------------------------------------------

@@ -19,11 +19,11 @@ from pulid_flux import identity_card as card
 from pulid_flux.identity_file import IdentityFileError
 from pulid_flux.identity_card import IdentityCardError, card_bytes, identity_bytes_from_card, read_card
 from pulid_flux.identity_fingerprint import identity_fingerprint
-from test_identity import make_identity
+from support.identity_samples import make_full_size_identity
 
 
 def full_card(seed=0):
-    identity = make_identity(seed)
+    identity = make_full_size_identity(seed)
     data = fmt.identity_bytes(identity)
     fp = identity_fingerprint(fmt.identity_tensors(identity), identity.meta)
     return identity, data, card_bytes(identity.preview, data, fp), fp
@@ -96,7 +96,7 @@ def test_a_card_loads_bit_identically_to_the_file_it_came_from(tmp_path):
 
 
 def test_a_card_of_a_newer_identity_format_is_refused_by_the_identity_reader_naming_the_card():
-    identity = make_identity(0)
+    identity = make_full_size_identity(0)
     newer = fmt.identity_bytes(dataclasses.replace(identity, meta=dict(identity.meta, format_version="2")))
     extracted = identity_bytes_from_card(card_bytes(identity.preview, newer), "alice.png")
     with pytest.raises(IdentityFileError, match=r"^alice.png: made by a newer pack \(identity format 2"):

@@ -10,8 +10,8 @@ import pytest
 
 from support import comfy_harness as H
 from pulid_flux import identity_file as fmt
-from test_identity_files import GOOD, make_identity
-from test_identity_upload import UploadServer, multipart
+from support.identity_samples import GOOD, make_small_identity
+from support.upload_server import UploadServer, multipart
 
 ROUNDS = 20
 SAVES = UPLOADS = 3  # at once in each round: node saves in threads, uploads on concurrent connections
@@ -19,7 +19,7 @@ SAVES = UPLOADS = 3  # at once in each round: node saves in threads, uploads on 
 
 def race(folder, save, server, rounds=ROUNDS):
     """save(overwrite) -> None or raises FileExistsError; the uploads go through the HTTP handler."""
-    candidates = [fmt.read_identity_bytes(GOOD).id_tokens, make_identity(7).id_tokens]
+    candidates = [fmt.read_identity_bytes(GOOD).id_tokens, make_small_identity(7).id_tokens]
     target = os.path.join(folder, "same.safetensors")
     for round_ in range(rounds):
         overwrite = round_ % 2 == 1
@@ -64,7 +64,7 @@ def race(folder, save, server, rounds=ROUNDS):
 def test_save_and_upload_of_one_name_at_once(tmp_path):
     folder = str(tmp_path)
     server = UploadServer(folder)
-    identity = make_identity(7)
+    identity = make_small_identity(7)
 
     def save(overwrite):  # what Save identity does (comfy_layer.identities.save_to_folder), without ComfyUI
         from pulid_flux.identity_store import identity_file_name
@@ -85,7 +85,7 @@ def test_save_identity_node_and_upload_of_one_name_at_once(tmp_path):
     folder_paths.add_model_folder_path("pulid_identities", folder, is_default=True)
     pack = H.import_pack(str(tmp_path))
     assert pack.comfy_layer.folders.save_folder() == folder
-    identity = pack.pulid_flux.identity_file.read_identity_bytes(fmt.identity_bytes(make_identity(7)))
+    identity = pack.pulid_flux.identity_file.read_identity_bytes(fmt.identity_bytes(make_small_identity(7)))
     node = pack.NODE_CLASS_MAPPINGS["PulidFluxSaveIdentity"]()
     server = UploadServer(folder, pack.pulid_flux.identity_upload.handle_upload)  # the handler the route registers
     try:

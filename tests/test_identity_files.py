@@ -1,6 +1,5 @@
 """Tier (a), no ComfyUI: the classes of bad identity files, names and concurrent writes found by the hostile test
 of issue 15, each kept as an explicit test (the property tests in test_identity_properties.py generalise them)."""
-import json
 import os
 import threading
 
@@ -12,32 +11,7 @@ from pulid_flux import identity_file as fmt
 from pulid_flux.identity_file import IdentityFileError
 from pulid_flux.identity_store import IdentityNameError, identity_file_name, write_file_atomically
 from pulid_flux.safetensors_file import SafetensorsFileError, parse_header
-
-
-def make_identity(seed=0, refs=1):
-    g = torch.Generator().manual_seed(seed)
-    return ident.build_identity(torch.randn(1, 32, 64, generator=g), torch.randn(1, 32, 64, generator=g),
-                                torch.randn(refs, 512, generator=g), torch.rand(refs, 128, 256, 3, generator=g),
-                                pulid_file="pulid_flux_v0.9.1.safetensors", pulid_fingerprint="f" * 32, fusion="mean")
-
-
-GOOD = fmt.identity_bytes(make_identity())
-
-
-def split(data: bytes) -> tuple[dict, bytes]:
-    n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + n]), data[8 + n:]
-
-
-def join(header, body: bytes) -> bytes:
-    text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + body
-
-
-def with_header(change) -> bytes:
-    header, body = split(GOOD)
-    change(header)
-    return join(header, body)
+from support.identity_samples import GOOD, join, make_small_identity, setter, split, with_header
 
 
 def refused(tmp_path, data: bytes, name="bad.safetensors") -> str:
@@ -52,15 +26,6 @@ def refused(tmp_path, data: bytes, name="bad.safetensors") -> str:
     assert text.startswith(f"{name}: ") and f"file: {path}" in text and "\n  Fix: " in text, text
     assert str(uploaded.value).split("\n")[0] == text.split("\n")[0]  # the same reader says the same thing
     return text
-
-
-def setter(*keys, value):
-    def change(header):
-        target = header
-        for k in keys[:-1]:
-            target = target[k]
-        target[keys[-1]] = value
-    return change
 
 
 # --- 1. right layout, wrong JSON types: raw AttributeError/TypeError/IndexError/ValueError before -------------
@@ -124,7 +89,7 @@ def test_real_pickles_and_zips_are_named(tmp_path):
 
 # --- values checked after parsing --------------------------------------------------------------------------
 def tensors_with(**changes):
-    t = fmt.identity_tensors(make_identity())
+    t = fmt.identity_tensors(make_small_identity())
     t.update(changes)
     return t
 
@@ -132,11 +97,11 @@ def tensors_with(**changes):
 def file_of(tensors, **meta) -> bytes:
     from safetensors.torch import save
 
-    return save(tensors, metadata=dict(make_identity().meta, **meta))
+    return save(tensors, metadata=dict(make_small_identity().meta, **meta))
 
 
 def test_absurd_finite_tokens_are_refused(tmp_path):
-    t = fmt.identity_tensors(make_identity())
+    t = fmt.identity_tensors(make_small_identity())
     text = refused(tmp_path, file_of(tensors_with(id_tokens=t["id_tokens"] * 0 + 1e38)))
     assert "'id_tokens' holds values up to 1e+38" in text and "encode the identity again" in text
     text = refused(tmp_path, file_of(tensors_with(uncond_tokens=t["uncond_tokens"] * 1e6)))
@@ -145,7 +110,7 @@ def test_absurd_finite_tokens_are_refused(tmp_path):
 
 @pytest.mark.parametrize("scale,length", [(0.0, "length 0;"), (7.0, "length 7;")])
 def test_arcface_rows_must_be_unit_vectors(tmp_path, scale, length):
-    t = fmt.identity_tensors(make_identity())
+    t = fmt.identity_tensors(make_small_identity())
     text = refused(tmp_path, file_of(tensors_with(arcface=t["arcface"] * scale)))
     assert f"ArcFace row 0 has {length}" in text and "unit vectors" in text, text
     with pytest.raises(ValueError, match="cannot build an identity: ArcFace row 0 has length 0"):
@@ -154,7 +119,7 @@ def test_arcface_rows_must_be_unit_vectors(tmp_path, scale, length):
 
 
 def test_arcface_rows_within_float_rounding_still_load(tmp_path):
-    t = fmt.identity_tensors(make_identity())
+    t = fmt.identity_tensors(make_small_identity())
     path = tmp_path / "ok.safetensors"
     path.write_bytes(file_of(tensors_with(arcface=t["arcface"] * (1 + 2e-4))))
     assert fmt.load_identity(str(path)).arcface.shape == (1, 512)
@@ -162,20 +127,20 @@ def test_arcface_rows_within_float_rounding_still_load(tmp_path):
 
 @pytest.mark.parametrize("value", ["abc", "", "-1", "0", "1.5", "9" * 30, " 2"])
 def test_references_that_are_not_a_count_are_refused(tmp_path, value):
-    text = refused(tmp_path, file_of(fmt.identity_tensors(make_identity()), references=value))
+    text = refused(tmp_path, file_of(fmt.identity_tensors(make_small_identity()), references=value))
     assert f"its 'references' metadata {value!r} is not a positive whole number" in text
 
 
 def test_format_version_that_is_not_a_number_is_refused(tmp_path):
     assert "its format_version 'one' is not a positive whole number" in refused(
-        tmp_path, file_of(fmt.identity_tensors(make_identity()), format_version="one"))
+        tmp_path, file_of(fmt.identity_tensors(make_small_identity()), format_version="one"))
 
 
 def test_a_file_written_before_these_checks_still_loads(tmp_path):
     # the bytes the old writer produced for the same identity: safetensors.torch.save with the same metadata
     from safetensors.torch import save
 
-    identity = make_identity(3, refs=2)
+    identity = make_small_identity(3, refs=2)
     path = tmp_path / "old.safetensors"
     path.write_bytes(save(fmt.identity_tensors(identity), metadata=dict(identity.meta)))
     loaded = fmt.load_identity(str(path))
@@ -219,7 +184,7 @@ def test_the_name_rule_keeps_plain_names():
 # --- one writer --------------------------------------------------------------------------------------------
 def test_concurrent_writes_of_one_name_in_one_process_never_fail_oddly(tmp_path):
     """Before: the temporary name was .NAME.<pid>.tmp, shared by every writer in the process."""
-    data = [fmt.identity_bytes(make_identity(i)) for i in range(2)]
+    data = [fmt.identity_bytes(make_small_identity(i)) for i in range(2)]
     outcomes, barrier = [], threading.Barrier(8)
 
     def write(i):

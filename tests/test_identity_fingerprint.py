@@ -13,7 +13,7 @@ from safetensors.torch import load, save
 from pulid_flux import identity_file as fmt
 from pulid_flux.identity_fingerprint import (FINGERPRINT_META_KEYS, canonical_safetensors, identity_fingerprint,
                                              short_fingerprint)
-from test_identity import make_identity
+from support.identity_samples import make_full_size_identity
 
 REPO_ROOT = __file__.rsplit("/tests/", 1)[0]
 
@@ -35,18 +35,18 @@ def test_the_scheme_is_pinned():
 
 
 def test_equal_content_gives_equal_fingerprints_whatever_the_time_version_name_or_order():
-    tensors, meta = parts(make_identity(0))
+    tensors, meta = parts(make_full_size_identity(0))
     fp = identity_fingerprint(tensors, meta)
     assert fp.startswith("pfid1-") and len(fp) == 6 + 32
     later = dict(meta, created="2030-01-01T00:00:00+00:00", pack_version="9.9.9", pulid_file="renamed.safetensors",
                  blend='{"a": "x"}', note="free text")
     reordered = {k: tensors[k].clone() for k in reversed(list(tensors))}
     assert identity_fingerprint(reordered, dict(reversed(list(later.items())))) == fp
-    assert identity_fingerprint(parts(make_identity(0))[0], meta) == fp  # a second encode of the same content
+    assert identity_fingerprint(parts(make_full_size_identity(0))[0], meta) == fp  # a second encode of the same content
 
 
 def test_a_saved_loaded_or_carded_identity_keeps_its_fingerprint(tmp_path):
-    identity = make_identity(3)
+    identity = make_full_size_identity(3)
     fp = identity_fingerprint(*parts(identity))
     loaded = fmt.load_identity(fmt.save_identity(identity, str(tmp_path / "a.safetensors")))
     assert identity_fingerprint(*parts(loaded)) == fp
@@ -54,7 +54,7 @@ def test_a_saved_loaded_or_carded_identity_keeps_its_fingerprint(tmp_path):
 
 @pytest.mark.parametrize("key", FINGERPRINT_META_KEYS)
 def test_every_shaping_setting_counts(key):
-    tensors, meta = parts(make_identity(0))
+    tensors, meta = parts(make_full_size_identity(0))
     fp = identity_fingerprint(tensors, meta)
     assert identity_fingerprint(tensors, dict(meta, **{key: meta.get(key, "") + "x"})) != fp
     assert identity_fingerprint(tensors, {k: v for k, v in meta.items() if k != key}) != fp
@@ -72,7 +72,7 @@ def test_any_tensor_byte_changes_the_fingerprint(name, where, xor):
     assert identity_fingerprint(changed, meta) != FP
 
 
-IDENTITY = make_identity(1)
+IDENTITY = make_full_size_identity(1)
 FP = identity_fingerprint(*parts(IDENTITY))
 
 

@@ -13,7 +13,7 @@ from pulid_flux import identity_card as card
 from pulid_flux import identity_file as fmt
 from pulid_flux.identity_fingerprint import identity_fingerprint, short_fingerprint
 from pulid_flux.safetensors_file import SafetensorsFileError
-from test_identity import make_identity
+from support.identity_samples import make_full_size_identity
 
 
 def header(data):
@@ -26,7 +26,7 @@ def at(identity, created):
 
 
 def test_two_encodes_of_the_same_content_give_the_same_file_apart_from_created():
-    first, second = make_identity(4), make_identity(4)
+    first, second = make_full_size_identity(4), make_full_size_identity(4)
     a = fmt.identity_bytes(at(first, "2026-01-01T00:00:00+00:00"))
     b = fmt.identity_bytes(at(second, "2030-05-05T10:10:10+00:00"))
     assert a != b and len(a) == len(b)
@@ -37,7 +37,7 @@ def test_two_encodes_of_the_same_content_give_the_same_file_apart_from_created()
 
 
 def test_the_file_carries_the_content_fingerprint_and_the_identity_does_not_keep_a_copy(tmp_path):
-    identity = make_identity(5)
+    identity = make_full_size_identity(5)
     fp = identity.fingerprint
     assert fp == identity_fingerprint(fmt.identity_tensors(identity), identity.meta) and fp.startswith("pfid1-")
     assert "fingerprint" not in identity.meta
@@ -53,7 +53,7 @@ def test_the_file_carries_the_content_fingerprint_and_the_identity_does_not_keep
 
 
 def test_a_file_without_a_fingerprint_loads_and_gets_the_same_fingerprint(tmp_path):
-    identity = make_identity(6)
+    identity = make_full_size_identity(6)
     old = save(fmt.identity_tensors(identity), metadata=dict(identity.meta))  # as the pack wrote before
     assert "fingerprint" not in header(old)["__metadata__"]
     loaded = fmt.read_identity_bytes(old, "old.safetensors")
@@ -62,7 +62,7 @@ def test_a_file_without_a_fingerprint_loads_and_gets_the_same_fingerprint(tmp_pa
 
 
 def test_content_that_does_not_match_its_fingerprint_is_refused():
-    identity = make_identity(7)
+    identity = make_full_size_identity(7)
     data = fmt.identity_bytes(identity)
     meta = dict(identity.meta, fusion="max", fingerprint=identity.fingerprint)  # metadata edited after saving
     edited = save(fmt.identity_tensors(identity), metadata=meta)
@@ -79,7 +79,7 @@ def test_content_that_does_not_match_its_fingerprint_is_refused():
 
 
 def test_a_card_holds_the_files_exact_bytes_and_loads_to_the_same_identity(tmp_path):
-    identity = make_identity(8)
+    identity = make_full_size_identity(8)
     data = fmt.identity_bytes(identity)
     png = card.identity_card_bytes(identity)
     contents = card.read_card(png, "alice.png")

@@ -15,8 +15,8 @@ from pulid_flux import identity_file as fmt
 from pulid_flux.identity_file import IdentityFileError
 from pulid_flux.identity_store import MAX_NAME_CHARS, IdentityNameError, identity_file_name
 from pulid_flux.safetensors_file import SafetensorsFileError, parse_header
-from test_identity_files import GOOD, join, split
-from test_identity_upload import UploadServer, multipart
+from support.identity_samples import GOOD, join, split
+from support.upload_server import UploadServer, multipart
 
 HEADER, BODY = split(GOOD)
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)

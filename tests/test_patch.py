@@ -5,12 +5,10 @@ import pytest
 import torch
 
 from support import tolerance as tol
-from support.mini_flux import MiniFlux, apply_model
-from pulid_flux import TINY, PulidFlux, injection_points
+from support.mini_flux import MiniFlux
+from pulid_flux import TINY, PulidFlux
+from support.patch_inputs import app_for, id_tokens, inputs, patch_options, run
 from support.pulid_fakes import random_state_dict
-from pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper
-
-SHIFTED = lambda p: 1.0 if p <= 0 else (0.0 if p >= 1 else 1.0 - p)  # a simple monotone schedule
 
 
 @pytest.fixture(scope="module")
@@ -18,33 +16,6 @@ def pulid():
     m = PulidFlux(TINY)
     m.load_state_dict(random_state_dict(TINY, seed=7, dtype=torch.float32))
     return m.eval()
-
-
-def id_tokens(seed, n=1):
-    return torch.randn(n, TINY.num_queries, TINY.output_dim, generator=torch.Generator().manual_seed(seed)) * 3
-
-
-def patch_options(flux, app, options=None):
-    """What ApplyPulidFlux puts into a clone's model_options, applied to a plain dict."""
-    options = copy.deepcopy(options) if options else {}
-    dit = options.setdefault("patches_replace", {}).setdefault("dit", {})
-    for (kind, i), ca in injection_points(len(flux.double_blocks), len(flux.single_blocks)).items():
-        dit[(kind, i)] = IdBlockPatch(app, ca, kind.split("_")[0], dit.get((kind, i)))
-    for wrapper_type, fn in app.wrappers().items():
-        options.setdefault("wrappers", {}).setdefault(wrapper_type, {}).setdefault("pulid", []).append(SharedWrapper(fn))
-    return options
-
-
-def inputs(batch=1, h=8, w=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 4, h, w, generator=g), torch.randn(batch, 5, 8, generator=g)
-
-
-def run(flux, x, ctx, sigma, options, control=None, **kw):
-    """One model call as ComfyUI makes it: APPLY_MODEL wrappers, then the diffusion model and its wrappers."""
-    options = dict(options, sigmas=torch.full((x.shape[0],), sigma))
-    with torch.no_grad():
-        return apply_model(flux, x, torch.full((x.shape[0],), sigma), ctx, control, options, **kw)
 
 
 def reference(flux, pulid, x, ctx, sigma, tokens, weight, ref_latents=None, token_weights=None):
@@ -73,10 +44,6 @@ def reference(flux, pulid, x, ctx, sigma, tokens, weight, ref_latents=None, toke
     return out.reshape(b, h // 2, w_ // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w_)
 
 
-def app_for(pulid, tokens, weight=1.0, start=0.0, end=1.0, **kw):
-    return PulidApplication(pulid.pulid_ca, tokens, kw.pop("uncond_tokens", None), weight, start, end, SHIFTED, **kw)
-
-
 def test_patched_forward_equals_reference_and_off_is_bit_identical(pulid):
     flux = MiniFlux(n_double=3, n_single=6)
     x, ctx = inputs(batch=2)
@@ -98,7 +65,7 @@ def test_patched_forward_equals_reference_and_off_is_bit_identical(pulid):
 def test_sigma_window_gates_steps(pulid):
     flux = MiniFlux(n_double=1, n_single=1)
     x, ctx = inputs()
-    app = app_for(pulid, id_tokens(2), start=0.25, end=0.75)  # sigma window [0.25, 0.75] with SHIFTED
+    app = app_for(pulid, id_tokens(2), start=0.25, end=0.75)  # sigma window [0.25, 0.75] with patch_inputs.SHIFTED
     opts = patch_options(flux, app)
     for sigma, on in [(1.0, False), (0.8, False), (0.75, True), (0.5, True), (0.25, True), (0.2, False)]:
         changed = not torch.equal(run(flux, x, ctx, sigma, opts), run(flux, x, ctx, sigma, {}))

@@ -5,7 +5,7 @@ import torch
 from support import tolerance as tol
 from support.mini_flux import MiniFlux
 from pulid_flux import TINY, PulidFlux
-from test_patch import app_for, id_tokens, inputs, patch_options, run
+from support.patch_inputs import app_for, id_tokens, inputs, patch_options, run
 from support.pulid_fakes import random_state_dict
 
 

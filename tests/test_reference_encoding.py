@@ -23,7 +23,7 @@ COSINE_TOL = 512 * np.finfo(np.float64).eps
 
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
-    from test_encoders_pipeline import make_models
+    from support.encoder_models import make_models
 
     return make_models(str(tmp_path_factory.mktemp("models")))
 

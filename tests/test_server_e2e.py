@@ -13,7 +13,7 @@ from PIL import Image
 
 from support import comfy_harness as H
 from support import server_harness as S
-from test_workflows import API_FILES, COMPAT_FILES, GGUF_NODES, UI_FILES, check_api_graph, check_ui_workflow
+from support.workflow_checks import API_FILES, COMPAT_FILES, GGUF_NODES, UI_FILES, check_api_graph, check_ui_workflow
 
 pytestmark = pytest.mark.comfyui
 CLIENT_TIMEOUT_S = 300

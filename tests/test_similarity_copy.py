@@ -11,7 +11,7 @@ from encoders.curation.copying import rank_best_of_n
 
 @pytest.fixture(scope="module")
 def analysis(tmp_path_factory):
-    from test_encoders_pipeline import make_models
+    from support.encoder_models import make_models
 
     return make_models(str(tmp_path_factory.mktemp("models"))).face_analysis
 
