@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from support import comfy_harness as H
+from support.comfy_nodes_env import load_env
 from support import tolerance as tol
 
 pytestmark = pytest.mark.comfyui
@@ -15,28 +16,11 @@ pytestmark = pytest.mark.comfyui
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, comfy_models):
-    folder_paths = H.import_comfyui()
     root = tmp_path_factory.mktemp("comfy_identity")
-    H.register_folders(folder_paths, comfy_models["root"])
-    identities = str(root / "identities")
-    folder_paths.add_model_folder_path("pulid_identities", identities, is_default=True)  # never ComfyUI's own tree
-    pack = H.import_pack(str(root))
-    import nodes as comfy_nodes
-
-    class Env:
-        pass
-
-    e = Env()
-    e.pack, e.comfy_nodes, e.folder_paths, e.identities = pack, comfy_nodes, folder_paths, identities
-    e.models = comfy_models["root"]
-    e.model = comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "default")[0]
-    n = pack.nodes
-    e.pulid = n.PulidFluxModelLoader().load_model("pulid_flux_v0.9.1.safetensors")[0]
-    e.eva = n.PulidFluxEvaClipLoader().load_eva_clip()[0]
-    e.faces = n.PulidFluxInsightFaceLoader().load_insightface("CPU")[0]
-    e.image = H.face_photo()
-    e.positive, e.negative = H.flux_conditioning(0), H.flux_conditioning(1)
-    e.N = pack.NODE_CLASS_MAPPINGS
+    identities = str(root / "identities")  # never ComfyUI's own tree
+    e = load_env(root, comfy_models, lambda folder_paths: folder_paths.add_model_folder_path(
+        "pulid_identities", identities, is_default=True))
+    e.identities = identities
     return e
 
 

@@ -2,26 +2,25 @@
 test_comfyui_compat.py): the session's full-width model files loaded through the pack's loader nodes, and the
 Apply and KSampler calls on them. A module that uses `env` imports it (module scope: loaded once per such module,
 released when it ends); without COMFYUI_PATH it skips."""
+import types
+
 import pytest
 import torch
 
 from support import comfy_harness as H
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, comfy_models):
-    """The session's model files, loaded for one module at a time (released when the module ends)."""
+def load_env(root, comfy_models, before_pack=lambda folder_paths: None):
+    """ComfyUI and the pack imported into `root`, the session's model files loaded through the pack's loader nodes.
+    `before_pack(folder_paths)` runs before the pack is imported (to add a model folder of the test's own)."""
     folder_paths = H.import_comfyui()
-    root = tmp_path_factory.mktemp("comfy")
     H.register_folders(folder_paths, comfy_models["root"])
+    before_pack(folder_paths)
     pack = H.import_pack(str(root))
     import nodes as comfy_nodes
 
-    class Env:
-        pass
-
-    e = Env()
-    e.pack, e.comfy_nodes = pack, comfy_nodes
+    e = types.SimpleNamespace(pack=pack, comfy_nodes=comfy_nodes, folder_paths=folder_paths,
+                              models=comfy_models["root"], N=pack.NODE_CLASS_MAPPINGS)
     e.model = comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "default")[0]
     n = pack.nodes
     e.pulid = n.PulidFluxModelLoader().load_model("pulid_flux_v0.9.1.safetensors")[0]
@@ -30,6 +29,12 @@ def env(tmp_path_factory, comfy_models):
     e.image = H.face_photo()
     e.positive, e.negative = H.flux_conditioning(0), H.flux_conditioning(1)
     return e
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, comfy_models):
+    """The session's model files, loaded for one module at a time (released when the module ends)."""
+    return load_env(tmp_path_factory.mktemp("comfy"), comfy_models)
 
 
 def apply(env, model=None, weight=1.0, start_at=0.0, end_at=1.0, image=None, **kw):
