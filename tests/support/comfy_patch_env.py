@@ -49,7 +49,24 @@ def patched(e, weight=1.0, start_at=0.0, end_at=1.0, mask=None, uncond="same"):
                                                end_at, mask, uncond)
 
 
+LATENT = torch.zeros(1, 16, 16, 16)
+
+
 def sample(e, model, seed, cond, cfg):
-    latent = {"samples": torch.zeros(1, 16, 16, 16)}
-    return e.nodes.common_ksampler(model, seed, 2, cfg, "euler", "simple", e.conds[cond], e.conds[2], latent,
-                                   denoise=1.0)[0]["samples"]
+    """KSampler's path: 2 euler steps from the seed's noise."""
+    return e.nodes.common_ksampler(model, seed, 2, cfg, "euler", "simple", e.conds[cond], e.conds[2],
+                                   {"samples": LATENT}, denoise=1.0)[0]["samples"]
+
+
+def noise_for(seed):
+    """The noise KSampler draws for a seed. ComfyUI draws it by seeding torch's process-wide generator
+    (torch.manual_seed), so threads sampling at once must get theirs drawn beforehand: see sample_from."""
+    import comfy.sample
+    return comfy.sample.prepare_noise(LATENT, seed)
+
+
+def sample_from(e, model, noise, seed, cond, cfg):
+    """KSampler's path after its noise is drawn (common_ksampler's comfy.sample.sample call): safe in threads."""
+    import comfy.sample
+    return comfy.sample.sample(model, noise, 2, cfg, "euler", "simple", e.conds[cond], e.conds[2], LATENT,
+                               denoise=1.0, seed=seed)
