@@ -96,10 +96,15 @@ def _own_weights(twin, app):
     return held[0]
 
 
+def _twin_device():
+    """A second device as ComfyUI keys it; nothing is sampled there."""
+    return torch.device("cpu", 1)
+
+
 def test_a_copy_on_another_device_carries_its_own_pulid_weights(cenv):
-    """MultiGPU twins (v0.29) get their own cross-attentions, loaded with them on their device; the twin made
-    before Apply (MultiGPU node, then Apply) gets them when ComfyUI matches the twins at sampling. Where ComfyUI has
-    no MultiGPU, Apply registers nothing for it."""
+    """MultiGPU twins (v0.29) get their own cross-attentions, loaded with them on their device, one copy per device
+    reused when ComfyUI matches the twins at sampling. Where ComfyUI has no MultiGPU, Apply registers nothing for
+    it. (Each twin reloads the full-width Flux: one scenario per test keeps one twin alive at a time.)"""
     import comfy.model_patcher
     import comfy.patcher_extension as ext
 
@@ -108,19 +113,23 @@ def test_a_copy_on_another_device_carries_its_own_pulid_weights(cenv):
     if not hasattr(comfy.model_patcher.ModelPatcher, "deepclone_multigpu"):
         assert not any("multigpu" in k for k in model.callbacks)
         return
-    other = torch.device("cpu", 1)  # a second device as ComfyUI keys it; nothing is sampled there
-    twin = model.deepclone_multigpu(new_load_device=other)
+    assert ext.CallbacksMP.ON_DEEPCLONE_MULTIGPU in model.callbacks
+    twin = model.deepclone_multigpu(new_load_device=_twin_device())
     weights = _own_weights(twin, app)
     main = model.clone()
     main.set_additional_models("multigpu", [twin])
     main.match_multigpu_clones()
     matched = main.get_additional_models_with_key("multigpu")[0]
     assert _own_weights(matched, app) is weights  # one copy per device, reused
-    # MultiGPU first, Apply after: the twin predates the patch
-    base = cenv.model.clone()
-    base.set_additional_models("multigpu", [base.deepclone_multigpu(new_load_device=other)])
-    late = cenv.pack.comfy_layer.patching.patch_model(base, cenv.pulid, cenv.id_tokens, None, 1.0, 0.0, 1.0)
-    late.match_multigpu_clones()
-    late_app = late.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].app
-    _own_weights(late.get_additional_models_with_key("multigpu")[0], late_app)
-    assert ext.CallbacksMP.ON_DEEPCLONE_MULTIGPU in model.callbacks
+
+
+if "multigpu_twin" in _copy_kinds():  # a ComfyUI without MultiGPU has no twin to make (not collected, not skipped)
+    def test_a_twin_made_before_apply_gets_its_own_pulid_weights_when_matched(cenv):
+        """MultiGPU node first, Apply after: the twin predates the patch and gets its cross-attentions when ComfyUI
+        matches the twins at sampling."""
+        base = cenv.model.clone()
+        base.set_additional_models("multigpu", [base.deepclone_multigpu(new_load_device=_twin_device())])
+        late = cenv.pack.comfy_layer.patching.patch_model(base, cenv.pulid, cenv.id_tokens, None, 1.0, 0.0, 1.0)
+        late.match_multigpu_clones()
+        late_app = late.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].app
+        _own_weights(late.get_additional_models_with_key("multigpu")[0], late_app)
