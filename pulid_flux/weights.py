@@ -32,7 +32,10 @@ def torch_load_problem(error: Exception, advice: str) -> str:
     code or objects other than tensors; `advice` ends that sentence) or a truncated/broken file (an interrupted
     download: the zip reader, EOFError and the like). encoders/checkpoint.py uses it too."""
     text = str(error)
-    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+    # Bytes that are no pickle at all (another kind of file, or garbage) fail the same way as a refused pickle, but
+    # on an opcode the unpickler does not know, not on a global: those are broken files, not code.
+    if (isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text
+            and "Unsupported operand" not in text):
         found = re.search(r"GLOBAL ([\w.]+)", text)
         such = f" (pickled code such as {found.group(1)})" if found else ""
         return f"refused: it holds Python objects other than tensors{such}, which is refused for safety; {advice}"

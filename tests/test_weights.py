@@ -257,6 +257,17 @@ def test_truncated_pt_is_reported_as_broken_not_as_code(tmp_path):
         assert "safely" not in _msg(e) and "code" not in _msg(e) and path in _msg(e)
 
 
+@pytest.mark.parametrize("data", [bytes(range(256)) * 4, b"<html>404 Not Found</html>", b"\x80\x02\xb2junk"],
+                         ids=["binary", "html", "bad-opcode"])
+def test_bytes_that_are_no_pickle_are_reported_as_broken_not_as_python_objects(tmp_path, data):
+    path = str(tmp_path / "pulid_flux.pt")
+    open(path, "wb").write(data)
+    with pytest.raises(PulidWeightsError) as e:
+        load_pulid_flux(path)
+    assert "the file is truncated or broken" in _msg(e) and "download it again" in _msg(e)
+    assert "Python objects" not in _msg(e) and "\x1b" not in _msg(e)
+
+
 def test_pickle_refusal_is_one_clean_line_naming_the_global(tmp_path):
     class Evil:
         def __reduce__(self):
