@@ -220,3 +220,33 @@ def test_a_manifest_cut_short_by_a_crash_keeps_every_whole_record(tmp_path):
     lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["key"] == "d" * 32 and len(lines) == 4  # the new record on a line of its own
     assert list(Manifest(str(tmp_path)).done) == ["a" * 32, "d" * 32]
+
+
+def test_one_batch_at_a_time_per_out_folder_and_a_dead_batch_frees_it(fake, tmp_path, face, capsys):
+    import subprocess
+    import sys
+
+    from pulid_tools.batch.manifest import Manifest, OutputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pulid_tools.batch.manifest import "
+                               "Manifest; m = Manifest(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        prompts = write(tmp_path / "p.txt", "a knight\n")
+        assert main(["batch", BASIC, "--face", face, "--prompts", prompts, "--seeds", "2", "--out", str(out),
+                     "--server", fake.url, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --out {out}: another batch is writing there now" in err and "another --out" in err
+        assert len(fake.prompts) == 0 and (out / "manifest.jsonl").read_bytes() == b""  # the holder's, untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    first = Manifest(str(out))  # the killed batch's lock went with its process
+    with pytest.raises(OutputError, match="another batch is writing there"):
+        Manifest(str(out))
+    first.close()
+    Manifest(str(out)).close()

@@ -133,6 +133,13 @@ def run(args) -> int:
     except (graphs.GraphError, ServerURLError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:  # the manifest (and the folder's lock) is held until the images are sorted by --keep-best
+        return _run_jobs(args, jobs, duplicates, servers, manifest)
+    finally:
+        manifest.close()
+
+
+def _run_jobs(args, jobs, duplicates, servers, manifest) -> int:
     for warning in manifest.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     todo = [job for job in jobs if not manifest.is_done(job.key)]
@@ -151,7 +158,6 @@ def run(args) -> int:
         result = asyncio.run(run_batch(runner)) if todo else runner.result
     finally:
         progress.close()
-        manifest.close()
     seconds = time.monotonic() - start
     if args.keep_best and not result.fatal:
         try:

@@ -5,7 +5,10 @@ the next run). --keep-best moves the less similar images to DIR/rejected/ (never
 
 One reader (parse_manifest), total: a damaged line is skipped with a warning naming its line, and a done
 record whose images are gone (deleted by hand) counts as not done, so a re-run makes exactly what is missing.
-A folder that cannot be written raises OutputError, checked before the first job (check_output_folder)."""
+A folder that cannot be written raises OutputError, checked before the first job (check_output_folder).
+One batch at a time per folder: the manifest is held under DIR/.pulid_batch.lock (an OS lock, released when the
+batch ends or its process dies), so a second batch on the same --out stops before reading anything, rather
+than running the same jobs again and interleaving records."""
 from __future__ import annotations
 
 import json
@@ -14,7 +17,10 @@ import os
 import sys
 import uuid
 
+from filelock import FileLock, Timeout
+
 NAME = "manifest.jsonl"
+LOCK = ".pulid_batch.lock"
 REJECTED = "rejected"
 
 
@@ -124,6 +130,21 @@ class Manifest:
     def __init__(self, folder: str):
         self.folder = folder
         self.path = os.path.join(folder, NAME)
+        self._lock = FileLock(os.path.join(folder, LOCK))
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise OutputError(f"--out {folder}: another batch is writing there now (it holds {self._lock.lock_file}); "
+                              "wait for it to end, or give this batch another --out.") from None
+        except OSError as e:
+            raise OutputError(f"--out {folder}: cannot create the lock {self._lock.lock_file}: {os_reason(e)}") from None
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self) -> None:
         self.done, self.warnings = read_manifest(self.path)
         self.missing: dict[str, list[str]] = {}  # key -> images of a done record no longer on disk
         try:
@@ -131,7 +152,7 @@ class Manifest:
             if os.path.getsize(self.path) and not self._ends_with_newline():
                 os.write(self._fd, b"\n")  # a cut last line: the next record starts on a line of its own
         except OSError as e:
-            raise OutputError(f"--out {folder}: cannot write the manifest {self.path}: {os_reason(e)}") from None
+            raise OutputError(f"--out {self.folder}: cannot write the manifest {self.path}: {os_reason(e)}") from None
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as f:
@@ -184,7 +205,10 @@ class Manifest:
             self.done[record["key"]] = record
 
     def close(self) -> None:
-        os.close(self._fd)
+        try:
+            os.close(self._fd)
+        finally:
+            self._lock.release()
 
     def keep_best(self, best: int) -> tuple[int, int, int]:
         """Per prompt, keep the `best` images with the highest similarity in DIR and move the others to
