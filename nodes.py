@@ -3,7 +3,7 @@ input names and order match the original PuLID-Flux pack so saved workflows load
 and come after end_at. Inputs several nodes share are declared once, in comfy_layer/inputs.py."""
 from __future__ import annotations
 
-from .comfy_layer import cards, folders, identities, patching
+from .comfy_layer import cards, folders, identities, patching, similarity
 from .comfy_layer import inputs as I
 from .comfy_layer.models import EvaModel, FaceAnalysisModel, PulidModel
 from .pulid_flux.identity import blend_identities
@@ -262,7 +262,7 @@ class PulidFluxFaceSimilarity:
     CATEGORY = CATEGORY
 
     def score(self, face_analysis, images, identity=None, reference=None, copy_penalty=0.0):
-        return identities.face_similarity_node(face_analysis, images, identity, reference, copy_penalty)
+        return similarity.face_similarity_node(face_analysis, images, identity, reference, copy_penalty)
 
 
 NODES = {  # class name (saved in workflows) -> (class, display name)
