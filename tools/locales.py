@@ -1,5 +1,6 @@
 """Write the English locale (locales/en/nodeDefs.json, locales/en/main.json) from the nodes' own texts, so that
-tooltips, display names, descriptions and categories exist once, in the code; and list what another locale lacks.
+tooltips, display names, descriptions and categories exist once, in the code; copy each English help page
+web/docs/<Node>.md to web/docs/<Node>/en.md; and list what another locale lacks.
 
   COMFYUI_PATH=/path/to/ComfyUI python tools/locales.py            # rewrite locales/en/
   COMFYUI_PATH=/path/to/ComfyUI python tools/locales.py --check    # exit 1 if en/ is stale or a locale lacks a text
@@ -8,7 +9,9 @@ The nodes are imported through the real ComfyUI (as ComfyUI imports the pack). T
 (comfyui-frontend-package 1.27 and 1.47): nodeDefs.<NodeClass>.{display_name, description,
 inputs.<input>.{name, tooltip}, outputs.<index>.{name, tooltip}}; main.json's nodeCategories.<part> for each
 "/"-separated part of a CATEGORY, dataTypes.<TYPE> for an output shown by its type. Those two tables are shared with
-ComfyUI's own locale, so a part ComfyUI has too ("loaders") must read as ComfyUI's own does in that language."""
+ComfyUI's own locale, so a part ComfyUI has too ("loaders") must read as ComfyUI's own does in that language.
+The help panel asks for web/docs/<Node>/<locale>.md first and then web/docs/<Node>.md (the page for every other
+language): en.md spares English readers a 404 in the browser console."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +23,7 @@ import tempfile
 sys.dont_write_bytecode = True  # the ComfyUI checkout may be read-only: no __pycache__ written there
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCALES = os.path.join(REPO, "locales")
+DOCS = os.path.join(REPO, "web", "docs")
 # English titles of category parts that are not plain words; every other part reads as written ("loaders").
 CATEGORY_TITLES = {"pulid_flux": "PuLID-Flux"}
 # The pack's own data types (ComfyUI's are translated by the frontend itself).
@@ -85,6 +89,16 @@ def missing(english: dict, english_main: dict, defs: dict, main: dict) -> list[s
     return gaps
 
 
+def english_pages() -> dict[str, str]:
+    """web/docs/<Node>/en.md (relative to the repository) -> the text of web/docs/<Node>.md it copies."""
+    pages = {}
+    for name in sorted(os.listdir(DOCS)) if os.path.isdir(DOCS) else []:
+        if name.endswith(".md"):
+            with open(os.path.join(DOCS, name), encoding="utf-8") as f:
+                pages[f"web/docs/{name[:-3]}/en.md"] = f.read()
+    return pages
+
+
 def dumps(data: dict) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
@@ -113,19 +127,20 @@ def main(argv=None) -> int:
     pack = import_pack()
     english = {"nodeDefs.json": node_defs(pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS),
                "main.json": main_json(pack.NODE_CLASS_MAPPINGS)}
+    wanted = {f"locales/en/{name}": dumps(data) for name, data in english.items()} | english_pages()
     problems = []
-    for name, data in english.items():
-        path = os.path.join(LOCALES, "en", name)
+    for rel, text in wanted.items():
+        path = os.path.join(REPO, rel)
         current = open(path, encoding="utf-8").read() if os.path.isfile(path) else None
-        if current == dumps(data):
+        if current == text:
             continue
         if args.check:
-            problems.append(f"locales/en/{name} is not what the code says: run tools/locales.py")
+            problems.append(f"{rel} is not what the code and pages say: run tools/locales.py")
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8", newline="\n") as f:
-                f.write(dumps(data))
-            print(f"wrote locales/en/{name}")
+                f.write(text)
+            print(f"wrote {rel}")
     for lang in sorted(os.listdir(LOCALES)):
         if lang != "en":
             problems += [f"locales/{lang}: no {key}" for key in missing(
