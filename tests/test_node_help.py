@@ -1,16 +1,19 @@
 """Node help in ComfyUI's own interface, checked against the nodes as the real ComfyUI imports them: the English
 locale is what the code says (tools/locales.py regenerates it here), every other locale has every title,
 description, input, output and tooltip, every node has a DESCRIPTION and its help pages (web/docs/<Node>.md,
-<Node>/en.md, <Node>/zh.md) naming each of its inputs and outputs, and every picture a page shows exists."""
+<Node>/en.md, <Node>/zh.md) naming each of its inputs and outputs, every picture a page shows exists; and a real
+ComfyUI server serves the pages where the frontend's help panel asks for them and the locales in its /i18n."""
 import copy
 import importlib.util
 import json
 import os
 import re
+import urllib.request
 
 import pytest
 
 from support import comfy_harness as H
+from support import server_harness as S
 
 REPO = H.REPO_ROOT
 WEB = os.path.join(REPO, "web")
@@ -158,3 +161,45 @@ def test_every_picture_a_page_shows_exists_and_web_stays_small():
     assert broken == [] and shown, f"pictures not found under web/docs/: {broken}"
     size = sum(os.path.getsize(os.path.join(folder, f)) for folder, _, files in os.walk(WEB) for f in files)
     assert size < PICTURE_BUDGET, f"web/ holds {size} bytes"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """ComfyUI with the pack in custom_nodes/ and no model files: pages and locales need none."""
+    base = str(tmp_path_factory.mktemp("help_server"))
+    S.prepare_base_directory(base, str(tmp_path_factory.mktemp("no_models")))
+    with S.ComfyServer(H.comfyui_path(), base) as srv:
+        yield srv
+
+
+def fetch(server, path: str) -> tuple[bytes, str]:
+    with urllib.request.urlopen(server.url + path, timeout=30) as r:
+        return r.read(), r.headers.get("Content-Type", "")
+
+
+def test_the_server_serves_the_pages_where_the_help_panel_asks(server, pack):
+    """The panel (frontend 1.27 and 1.47) takes the pack's folder from python_module and fetches
+    /extensions/<folder>/docs/<Node>/<locale>.md, then /extensions/<folder>/docs/<Node>.md; relative pictures are
+    resolved against /extensions/<folder>/docs/. A reply of type text/html counts as missing in 1.47."""
+    info = server.get_json("/object_info/ApplyPulidFlux")["ApplyPulidFlux"]
+    assert info["python_module"] == f"custom_nodes.{S.PACK_DIR_NAME}"
+    assert (info["category"], info["description"]) == ("pulid_flux/apply", pack.nodes.ApplyPulidFlux.DESCRIPTION)
+    base = f"/extensions/{S.PACK_DIR_NAME}/docs/"
+    for node in pack.NODE_CLASS_MAPPINGS:
+        for lang in ("", *PAGE_LANGUAGES):
+            body, kind = fetch(server, base + os.path.relpath(page_path(node, lang), DOCS).replace(os.sep, "/"))
+            with open(page_path(node, lang), "rb") as f:
+                assert body == f.read() and "text/html" not in kind, (node, lang, kind)
+    body, kind = fetch(server, base + "images/preview_apply.png")
+    assert body[:8] == b"\x89PNG\r\n\x1a\n" and kind == "image/png"
+    body, kind = fetch(server, base + "images/graph_ApplyPulidFlux.zh.svg")
+    assert body.startswith(b"<svg") and kind.startswith("image/svg+xml")
+
+
+def test_the_server_hands_the_locales_to_the_frontend(server):
+    translations = server.get_json("/i18n")
+    for lang in ("en", *LANGUAGES):
+        defs, main = read_json("locales", lang, "nodeDefs.json"), read_json("locales", lang, "main.json")
+        assert translations[lang]["nodeDefs"]["ApplyPulidFlux"] == defs["ApplyPulidFlux"]
+        assert translations[lang]["nodeCategories"]["identities"] == main["nodeCategories"]["identities"]
+    assert translations["zh"]["nodeDefs"]["ApplyPulidFlux"]["display_name"] == "应用 PuLID-Flux"
