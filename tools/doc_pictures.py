@@ -153,9 +153,9 @@ def diagram_svg(node: str, lang: str) -> str:
     place = {k: (left[c], pad + (r - top) * row_h, width[c]) for k, c, r in boxes}
     total_w = left[-1] + width[-1] + pad
     total_h = pad * 2 + (max(r for _, _, r in boxes) - top) * row_h + box_h
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{total_w:.0f}' height='{total_h:.0f}' "
-           f"viewBox='0 0 {total_w:.0f} {total_h:.0f}' {FONT}>",
-           f"<rect width='100%' height='100%' rx='8' fill='#1e1e1e'/>"]
+    out = [(f"<svg xmlns='http://www.w3.org/2000/svg' width='{total_w:.0f}' height='{total_h:.0f}' "
+            f"viewBox='0 0 {total_w:.0f} {total_h:.0f}' {FONT}>"),
+           "<rect width='100%' height='100%' rx='8' fill='#1e1e1e'/>"]
     for src, dst, text in edges:
         x1, y1, w1 = place[src]
         x2, y2, _ = place[dst]
@@ -195,7 +195,7 @@ def labelled(rgb: np.ndarray, note: str = TEST_MODELS_NOTE) -> np.ndarray:
     """The picture with a band underneath that says how it was made."""
     import cv2
 
-    h, w = rgb.shape[:2]
+    w = rgb.shape[1]
     band = np.full((22, w, 3), 30, np.uint8)
     scale = min(0.45, (w - 8) / max(1, cv2.getTextSize(note, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][0]))
     cv2.putText(band, note, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, scale, (220, 220, 220), 1, cv2.LINE_AA)

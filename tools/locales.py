@@ -103,6 +103,11 @@ def dumps(data: dict) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
+def read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def read(lang: str, name: str) -> dict:
     path = os.path.join(LOCALES, lang, name)
     if not os.path.isfile(path):
@@ -131,8 +136,7 @@ def main(argv=None) -> int:
     problems = []
     for rel, text in wanted.items():
         path = os.path.join(REPO, rel)
-        current = open(path, encoding="utf-8").read() if os.path.isfile(path) else None
-        if current == text:
+        if os.path.isfile(path) and read_text(path) == text:
             continue
         if args.check:
             problems.append(f"{rel} is not what the code and pages say: run tools/locales.py")
