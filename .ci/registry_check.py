@@ -31,8 +31,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_DIR_NAME = "ComfyUI-PuLID-Flux"
 COMFY_CLI = "comfy-cli==1.23.0"
 RUFF_RULES = "S102,S307,E702"
-# What .comfyignore must keep out, and only this: tests, benchmarks, CI, their requirements and the ignore files.
-DEV_ONLY = ("tests/", "bench/", ".ci/", "requirements-test.txt", ".gitignore", ".comfyignore")
+# What .comfyignore must keep out, and only this: tests, benchmarks, CI, the dev tools, their requirements and the
+# ignore files.
+DEV_ONLY = ("tests/", "bench/", ".ci/", "tools/", "requirements-test.txt", ".gitignore", ".comfyignore")
 START_TIMEOUT_S = 180
 QUIET_CLI = {"DO_NOT_TRACK": "1", "COMFY_NO_UPDATE_CHECK": "1", "RUFF_NO_CACHE": "true"}
 
