@@ -22,10 +22,16 @@ from support.server_harness import PACK_DIR_NAME, ComfyServer
 DOCS_NODE = "ApplyPulidFlux"
 TOOLTIP_INPUT = "weight"  # the input whose Chinese tooltip is hovered, when the zh locale has one
 CONTROL_TYPE = "PulidFluxNodeThatDoesNotExist"
-DOCS_URL = f"/extensions/{PACK_DIR_NAME}/docs/{DOCS_NODE}"
-PAGES = {"en": os.path.join(B.REPO_ROOT, "web", "docs", f"{DOCS_NODE}.md"),
-         "zh": os.path.join(B.REPO_ROOT, "web", "docs", DOCS_NODE, "zh.md")}
+DOCS_URL = f"/extensions/{PACK_DIR_NAME}/docs/"
+DOCS_DIR = os.path.join(B.REPO_ROOT, "web", "docs")
 ZH_NODE_DEFS = os.path.join(B.REPO_ROOT, "locales", "zh", "nodeDefs.json")
+
+
+def shown_page(locale: str) -> str:
+    """The page the panel shows in `locale` (relative to web/docs/): the frontends ask for <Node>/<locale>.md and
+    fall back to <Node>.md."""
+    localized = f"{DOCS_NODE}/{locale}.md"
+    return localized if os.path.isfile(os.path.join(DOCS_DIR, localized)) else f"{DOCS_NODE}.md"
 
 
 def read_text(path: str) -> str:
@@ -73,9 +79,9 @@ def frontend(tmp_path_factory):
                   "screenshots": str(shots)}
         report = B.run_frontend_check(config, str(work))
         served = {}
-        for locale, suffix in (("en", ".md"), ("zh", "/zh.md")):
-            with urllib.request.urlopen(server.url + DOCS_URL + suffix, timeout=30) as r:
-                served[locale] = (r.status, r.read().decode("utf-8"))
+        for page in {f"{DOCS_NODE}.md", shown_page("en"), shown_page("zh")}:
+            with urllib.request.urlopen(server.url + DOCS_URL + page, timeout=30) as r:
+                served[page] = (r.status, r.read().decode("utf-8"))
         report["served"] = served
     finally:
         server.__exit__(None, None, None)
@@ -132,12 +138,17 @@ def check_panel(panel: dict, page: str, locale: str) -> None:
     assert len(panel["images"]) == len(B.markdown_images(page)), panel["images"]
     assert all(image["loaded"] for image in panel["images"]), panel["images"]
     assert [e for e in panel["errors"] if e.startswith("pageerror")] == []
+    probe = f"/docs/{DOCS_NODE}/{locale}.md"  # asked first; a 404 is the frontend's way to the fallback page
+    expected_probe_404 = shown_page(locale) == f"{DOCS_NODE}.md"
+    assert [e for e in pack_errors(panel["errors"]) if not (expected_probe_404 and probe in e)] == []
 
 
 def test_apply_docs_page_is_served_and_rendered_in_the_documentation_panel(frontend):
     _, report, _ = frontend
-    page = read_text(PAGES["en"])
-    assert report["served"]["en"] == (200, page)
+    plain = f"{DOCS_NODE}.md"  # what every locale falls back to
+    assert report["served"][plain] == (200, read_text(os.path.join(DOCS_DIR, plain)))
+    page = read_text(os.path.join(DOCS_DIR, shown_page("en")))
+    assert report["served"][shown_page("en")] == (200, page)
     check_panel(report["help_en"], page, "en")
 
 
@@ -158,8 +169,9 @@ def test_zh_locale_shows_chinese_titles_tooltip_library_and_docs(frontend):
     assert zh["tooltip"]["found"], f"{DOCS_NODE} has no widget or input named {tooltip_input}"
     assert zh["tooltip"]["text"] == tooltip.strip(), zh["tooltip"]
     assert B.has_cjk(zh["tooltip"]["text"])
-    page = read_text(PAGES["zh"])
-    assert report["served"]["zh"] == (200, page)
+    assert shown_page("zh") == f"{DOCS_NODE}/zh.md", f"web/docs/{DOCS_NODE}/zh.md is missing"
+    page = read_text(os.path.join(DOCS_DIR, shown_page("zh")))
+    assert report["served"][shown_page("zh")] == (200, page)
     check_panel(zh["help"], page, "zh")
     assert B.has_cjk(" ".join(zh["help"]["headings"]))
     assert pack_errors(zh["errors_on_reload"] + zh["errors"]) == []
