@@ -44,7 +44,8 @@ def zh_tooltip_choice(zh_defs: dict) -> tuple[str, str]:
     """(input, Chinese tooltip) on the docs node: TOOLTIP_INPUT if the zh locale translates its tooltip, else the
     first translated one."""
     inputs = zh_defs.get(DOCS_NODE, {}).get("inputs", {})
-    tips = {name: entry["tooltip"] for name, entry in inputs.items() if isinstance(entry, dict) and entry.get("tooltip")}
+    tips = {name: entry["tooltip"] for name, entry in inputs.items()
+            if isinstance(entry, dict) and entry.get("tooltip")}
     assert tips, f"locales/zh/nodeDefs.json translates no input tooltip of {DOCS_NODE}"
     name = TOOLTIP_INPUT if TOOLTIP_INPUT in tips else next(iter(tips))
     return name, tips[name]
