@@ -141,6 +141,21 @@ def test_every_page_names_each_input_and_output(pack):
     assert unnamed == [], f"pages that do not explain an input or output: {unnamed}"
 
 
+def test_the_diagrams_are_what_tools_doc_pictures_draws():
+    """Node titles in the diagrams come from the locales: a renamed node needs `python tools/doc_pictures.py`."""
+    spec = importlib.util.spec_from_file_location("pulid_doc_pictures", os.path.join(REPO, "tools", "doc_pictures.py"))
+    drawing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(drawing)
+    stale = []
+    for node in drawing.DIAGRAMS:
+        for lang, suffix in (("en", ""), ("zh", ".zh")):
+            path = os.path.join(DOCS, "images", f"graph_{node}{suffix}.svg")
+            with open(path, encoding="utf-8") as f:
+                if f.read() != drawing.diagram_svg(node, lang):
+                    stale.append(os.path.basename(path))
+    assert stale == [], f"diagrams out of date (run tools/doc_pictures.py): {stale}"
+
+
 def pictures(text: str) -> list[str]:
     return re.findall(r"!\[[^\]]*\]\(([^)\s]+)", text) + re.findall(r"<img[^>]*\ssrc=[\"']([^\"']+)", text)
 

@@ -27,11 +27,9 @@ TEST_MODELS_NOTE = "made with the pack's test models (random weights): scores an
 CORE = {
     "unet": "Load Diffusion Model", "image": "Load Image", "ksampler": "KSampler", "preview": "Preview Image",
     "save_image": "Save Image", "decode": "VAE Decode", "encode": "VAE Encode", "inpaint": "InpaintModelConditioning",
-    "id_file": "models/pulid/identities/NAME.safetensors", "card_out": "output/NAME.png (identity card)",
-    "card_in": "input/NAME.png (identity card)",
+    "id_file": "identities/NAME.safetensors", "card_out": "output/NAME.png (card)", "card_in": "input/NAME.png (card)",
 }
-CORE_ZH = {"id_file": "models/pulid/identities/NAME.safetensors", "card_out": "output/NAME.png（身份卡）",
-           "card_in": "input/NAME.png（身份卡）"}
+CORE_ZH = {"card_out": "output/NAME.png（身份卡）", "card_in": "input/NAME.png（身份卡）"}
 FILES = ("id_file", "card_out", "card_in")
 # Titles of issue 24's face nodes until the English locale is regenerated with them (their spec's display names).
 PENDING_TITLES = {"PulidFluxFaceMask": "Face mask (PuLID-Flux)", "PulidFluxCropFace": "Crop face (PuLID-Flux)",
@@ -135,19 +133,26 @@ def _text_width(text: str, size: float) -> float:
     return sum(size * (1.0 if ord(ch) > 0x2E7F else 0.56) for ch in text)
 
 
+def _short(title: str) -> str:
+    """A node title without the pack's suffix: the help panel is narrow, every pixel of width counts."""
+    for suffix in (" (PuLID-Flux)", "（PuLID-Flux）"):
+        title = title.removesuffix(suffix)
+    return title
+
+
 def _titles(lang: str) -> dict:
     with open(os.path.join(REPO, "locales", lang, "nodeDefs.json"), encoding="utf-8") as f:
-        return {name: entry["display_name"] for name, entry in json.load(f).items()}
+        return {name: _short(entry["display_name"]) for name, entry in json.load(f).items()}
 
 
 def diagram_svg(node: str, lang: str) -> str:
     boxes, edges = DIAGRAMS[node]
     titles = _titles(lang)
     core = CORE | (CORE_ZH if lang == "zh" else {})
-    label = {key: titles.get(key) or core.get(key) or PENDING_TITLES[key] for key, _, _ in boxes}
+    label = {key: titles.get(key) or core.get(key) or _short(PENDING_TITLES[key]) for key, _, _ in boxes}
     columns = max(c for _, c, _ in boxes) + 1
-    width = [max(_text_width(label[k], 13) + 24 for k, c, _ in boxes if c == col) for col in range(columns)]
-    gap, box_h, row_h, pad = 120, 34, 50, 16
+    width = [max(_text_width(label[k], 13) + 20 for k, c, _ in boxes if c == col) for col in range(columns)]
+    gap, box_h, row_h, pad = 92, 32, 46, 12
     top = min(r for _, _, r in boxes)
     left = [pad + sum(width[:col]) + gap * col for col in range(columns)]
     place = {k: (left[c], pad + (r - top) * row_h, width[c]) for k, c, r in boxes}
