@@ -28,6 +28,8 @@ def parse_args(argv):
     ap.add_argument("--carry", default=bootstrap.CARRY, help="the prepared folder (default: bench/gpu/carry)")
     ap.add_argument("--comfyui", help="ComfyUI code to import (default: the carried copy)")
     ap.add_argument("--budget-s", type=float, help="start no new measurement after this many seconds")
+    ap.add_argument("--dtypes", help="comma-separated weight dtypes to measure (default: all of the size's; "
+                                     "full: bf16,fp8_e4m3fn; toy: fp32,fp8_e4m3fn)")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all); for a re-run")
     ap.add_argument("--steps", type=int, help="sampling steps per timed run")
@@ -50,6 +52,10 @@ class Check:
         self.errors: list[str] = []
         self.data: dict = {"scale": scale.name, "cases": []}
         self.header = self._header(comfy_version, manifest, site_note)
+        known = [label for label, _ in scale.dtypes]
+        self.dtype_labels = [d.strip() for d in (args.dtypes or ",".join(known)).split(",") if d.strip()]
+        if set(self.dtype_labels) - set(known):
+            raise SystemExit(f"--dtypes: use some of {', '.join(known)} at this size")
 
     def elapsed(self) -> float:
         return time.time() - self.start
@@ -63,7 +69,8 @@ class Check:
     def _header(self, comfy_version, manifest, site_note) -> list[str]:
         torch, s = self.torch, self.scale
         if s.device == "cuda":
-            device = f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
+            memory = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            device = f"{torch.cuda.get_device_name(0)} ({memory:.0f} GiB)"
         else:
             device = f"CPU ({os.cpu_count()} cores), toy size"
         import onnxruntime
@@ -86,8 +93,8 @@ class Check:
             + (" (dynamo's graph capture, no code generation: graph breaks as with inductor)"
                if s.compile_backend == "eager" else "")
             + "; graph breaks and graphs from torch._dynamo's counters, their places from its graph_breaks log",
-            f"- goals (issue 27): step time patched/plain within 1.10x the floor's ratio at 1024x1024 (÷ floor <= "
-            f"1.10); VRAM added within the cross-attentions' weights plus activations (÷ floor <= 1)",
+            "- goals (issue 27): step time patched/plain within 1.10x the floor's ratio at 1024x1024 (÷ floor <= "
+            "1.10); VRAM added within the cross-attentions' weights plus activations (÷ floor <= 1)",
             f"- {site_note}",
         ]
 
@@ -113,7 +120,8 @@ class Check:
         imports = self.recorder_note()
         rows = self.rows["step"] + self.rows["vram"] + self.rows["flops"] + self.rows["encode"]
         text = r.markdown(self.header + [f"- {imports}", f"- wall time {self.elapsed():.0f} s"], rows)
-        r.write(self.args.out, text, {**self.data, "errors": self.errors, "rows": [dataclasses.asdict(x) for x in rows]})
+        r.write(self.args.out, text,
+                {**self.data, "errors": self.errors, "rows": [dataclasses.asdict(row) for row in rows]})
         return text
 
     def recorder_note(self) -> str:
@@ -158,11 +166,11 @@ class Check:
         uncond = pulid.uncond_tokens()
         sampler = m.Sampler(s)
         n_ca = self._n_ca()
-        kept = {}
-        for dtype_label, dtype in s.dtypes:
-            compiles = "compile" in sections and any(case[0] == dtype_label for case in s.compile_cases)
-            counts = "flops" in sections and dtype_label == s.dtypes[0][0]
-            if not ("eager" in sections or compiles or counts):
+        dtypes = [(label, dtype) for label, dtype in s.dtypes if label in self.dtype_labels]
+        for dtype_label, dtype in dtypes:  # one model at a time: eager rows, then its torch.compile rows
+            cases = [case for case in s.compile_cases if case[0] == dtype_label] if "compile" in sections else []
+            counts = "flops" in sections and dtype_label == dtypes[0][0]
+            if not ("eager" in sections or cases or counts):
                 continue
             base = self.attempt(f"build {dtype_label}", lambda: models.build_flux(s, dtype))
             if base is None:
@@ -178,22 +186,17 @@ class Check:
                                                                       pulid_cfg, n_ca), ("flops", key))
             if "eager" in sections:
                 self._eager_cases(sampler, base, patched, pulid, dtype_label, pulid_cfg, n_ca, ca_bytes)
-            if compiles:
-                kept[dtype_label] = (base, patched)
-            else:
-                self._free(base, patched)
-        if "compile" in sections:
-            for dtype_label, size, cfg in s.compile_cases:
+            for _, size, cfg in cases:
                 key = (r.STEP, dtype_label, r.image_label(size), r.cfg_label(cfg), s.compile_backend)
-                if dtype_label not in kept or self.over_budget():
-                    self.rows["step"].append(r.not_measured(key, "skipped: time budget" if dtype_label in kept
-                                                            else "skipped: no model"))
+                if self.elapsed() > s.budget_s - s.compile_reserve_s:  # a compile takes minutes: start it early
+                    self.rows["step"].append(r.not_measured(key, "skipped: time budget"))
                     continue
-                base, patched = kept[dtype_label]
                 self.attempt(f"compile {dtype_label} {size} cfg {cfg}",
                              lambda: self._compiled(sampler, base, patched[cfg], size, cfg, dtype_label, pulid_cfg,
                                                     n_ca), ("step", key))
                 self.write()
+            base = patched = None  # the next model is built without this one
+            self._free()
         text = self.write()
         print("\n" + text, flush=True)
         if self.errors:
@@ -244,12 +247,16 @@ class Check:
         self.rows["vram"].append(r.vram_row(dtype_label, size, cfg, result, bound))
         self.data["cases"].append({"dtype": dtype_label, "size": size, "cfg": cfg, **result})
         self.log(f"{dtype_label} {r.image_label(size)} cfg {cfg}: plain {result['plain_s']:.4f} s, patched "
-                 f"{result['patched_s']:.4f} s ({result['patched_s'] / result['plain_s']:.4f}x, floor {floor.ratio:.4f})")
+                 f"{result['patched_s']:.4f} s ({result['patched_s'] / result['plain_s']:.4f}x, "
+                 f"floor {floor.ratio:.4f})")
 
     def _compiled(self, sampler, base, patched, size, cfg, dtype_label, pulid_cfg, n_ca):
         r = self.report
         out = self.measure.compiled_case(sampler, base, patched, size, cfg, self.scale.compile_backend,
-                                         bootstrap.REPO_ROOT)
+                                         bootstrap.REPO_ROOT, deadline=self.start + self.scale.budget_s)
+        if out["plain"] is None:  # the patched compile used the time left: its figures without the ratio
+            out["plain"] = {"step_s": float("nan"), "first_run_s": float("nan"), "graphs": "?", "graph_breaks": "?",
+                            "break_sites": ["not compiled: time budget"], "recompiles": "?"}
         result = {"plain_s": out["plain"]["step_s"], "patched_s": out["patched"]["step_s"],
                   **{k: {v: out[v][k] for v in out} for k in ("graph_breaks", "graphs", "recompiles", "first_run_s",
                                                                  "break_sites")}}
@@ -260,15 +267,17 @@ class Check:
         self.log(f"compiled {dtype_label} {r.image_label(size)}: graph breaks patched "
                  f"{out['patched']['graph_breaks']} / plain {out['plain']['graph_breaks']}")
 
-    def _free(self, *patchers) -> None:
+    def _free(self) -> None:
+        """Give the last model's memory back (ComfyUI's loaded-model list holds it too)."""
         import gc
 
         import comfy.model_management as mm
 
         mm.unload_all_models()
-        del patchers
         gc.collect()
         mm.soft_empty_cache()
+        if self.scale.device == "cuda":
+            self.log(f"memory allocated after freeing: {self.torch.cuda.memory_allocated() / 2**30:.2f} GiB")
 
 
 def main(argv=None) -> int:

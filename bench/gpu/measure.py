@@ -129,9 +129,11 @@ class GraphBreakLog(logging.Handler):
         return [f"{path}:{line} x{n} ({why})" for (path, line, why), n in self.sites.most_common(top)]
 
 
-def compiled_case(sampler: Sampler, plain, patched, size, cfg: float, backend: str, repo_root: str) -> dict:
+def compiled_case(sampler: Sampler, plain, patched, size, cfg: float, backend: str, repo_root: str,
+                  deadline: float = float("inf")) -> dict:
     """Each variant compiled on its own (dynamo reset before each: with transformer_options unguarded, a graph
-    compiled for one variant would be reused for the other), patched first. Graph breaks and graphs from
+    compiled for one variant would be reused for the other), patched first; plain is None when the patched one
+    ended past `deadline`. Graph breaks and graphs from
     torch._dynamo's counters, their places from its graph_breaks log (printed too); recompiles = graphs made after
     the warm-up run."""
     from comfy_api.torch_helpers import set_torch_compile_wrapper
@@ -142,6 +144,9 @@ def compiled_case(sampler: Sampler, plain, patched, size, cfg: float, backend: s
     torch._logging.set_logs(graph_breaks=True)
     try:
         for name, variant in (("patched", patched), ("plain", plain)):
+            if name == "plain" and time.time() > deadline:
+                out[name] = None
+                continue
             torch._dynamo.reset()
             counters.clear()
             log = GraphBreakLog(repo_root)
@@ -239,6 +244,7 @@ def encoder_case(pack, enc, pulid, scale, photos) -> dict:
         pack.comfy_layer.models.offload(*patchers)
     timed_runs = slice(1 if repeats else 0, None)  # the first run warms up, unless it is the only one
     per_photo = {name: statistics.median(values[timed_runs]) / count for name, values in stages.items()}
-    return {"apply_s": statistics.median(apply_times[timed_runs]) / count, **{f"{k}_s": v for k, v in per_photo.items()},
+    return {"apply_s": statistics.median(apply_times[timed_runs]) / count,
+            **{f"{k}_s": v for k, v in per_photo.items()},
             "embed_flops": flops["embed"] / count, "id_encoder_flops": flops["id_encoder"] / count,
             "faces": len(kept), "photos": count, "id_tokens": embedding.id_tokens}

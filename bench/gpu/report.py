@@ -92,8 +92,9 @@ def step_row(scale, dtype_label, size, cfg, compiled: str, result: dict, floor: 
             f"{result['plain_s'] / flop_time:.2f}x its FLOP time ({floor.flux * batch:.3g} FLOP)")
     if "graph_breaks" in result:
         sites = result["break_sites"]
-        note += (f"; graph breaks patched {result['graph_breaks']['patched']} / plain {result['graph_breaks']['plain']}"
-                 f" (patched at: {'; '.join(sites['patched']) or 'none'}; plain at: {'; '.join(sites['plain']) or 'none'})"
+        breaks = result["graph_breaks"]
+        note += (f"; graph breaks patched {breaks['patched']} / plain {breaks['plain']} (patched at: "
+                 f"{'; '.join(sites['patched']) or 'none'}; plain at: {'; '.join(sites['plain']) or 'none'})"
                  f", graphs {result['graphs']['patched']} / "
                  f"{result['graphs']['plain']}, recompiles in timed steps {result['recompiles']['patched']} / "
                  f"{result['recompiles']['plain']}; compile + 2 steps {result['first_run_s']['patched']:.1f} s / "
@@ -123,7 +124,8 @@ def flops_row(dtype_label, size, counted_plain: int, counted_patched: int, floor
     return Row(FLOPS, dtype_label, image_label(size), "1", "off", f"{counted_plain:.4g}", f"{counted_patched:.4g}",
                f"{counted_ratio:.4f}", f"{floor.ratio:.4f}", f"{counted_ratio / floor.ratio:.3f}",
                f"counted / analytic: plain {counted_plain / floor.flux:.3f}, added "
-               f"{(counted_patched - counted_plain) / floor.ca:.3f} (torch.utils.flop_counter vs bench/step_overhead.py)")
+               f"{(counted_patched - counted_plain) / floor.ca:.3f} "
+               "(torch.utils.flop_counter vs bench/step_overhead.py)")
 
 
 def encoder_rows(dtype_label, result: dict, rate: float, detector_note: str) -> list[Row]:
