@@ -119,7 +119,8 @@ class Check:
         r = self.report
         imports = self.recorder_note()
         rows = self.rows["step"] + self.rows["vram"] + self.rows["flops"] + self.rows["encode"]
-        text = r.markdown(self.header + [f"- {imports}", f"- measurements took {self.elapsed():.0f} s (after the imports)"], rows)
+        took = f"- measurements took {self.elapsed():.0f} s (after the imports)"
+        text = r.markdown(self.header + [f"- {imports}", took], rows)
         r.write(self.args.out, text,
                 {**self.data, "errors": self.errors, "rows": [dataclasses.asdict(row) for row in rows]})
         return text
