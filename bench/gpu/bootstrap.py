@@ -182,7 +182,7 @@ def import_comfyui(comfy_dir: str, cpu: bool):
     comfy.cli_args.args.cpu = cpu
     # ComfyUI's default on CUDA is PyTorch's attention; on the CPU it would pick its sub-quadratic one, which asks
     # psutil for free memory inside the forward (a graph break of its own): the toy runs the GPU's attention.
-    comfy.cli_args.args.use_pytorch_cross_attention = True
+    comfy.cli_args.args.use_pytorch_cross_attention = cpu or comfy.cli_args.args.use_pytorch_cross_attention
     import comfy.model_management  # noqa: F401 - reads args.cpu
     return comfyui_version(comfy_dir)
 
