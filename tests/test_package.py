@@ -19,6 +19,8 @@ from pulid_tools import versions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIPPED_DIRS = {".git", ".venv", "__pycache__", "node_modules", ".pytest_cache", ".hypothesis"}
+# git-ignored, so ruff skips it too: the GPU check's copy of ComfyUI's code (bench/gpu/prepare.py)
+SKIPPED_PATHS = {"bench/gpu/carry"}
 # Imports that open network connections or start programs (which may): README "Network and security" names every
 # shipped file that has one.
 NETWORK_OR_PROCESS = ("aiohttp", "socket", "ssl", "urllib.request", "http.client", "http.server", "requests",
@@ -59,7 +61,8 @@ def python_files(shipped_only: bool) -> list[str]:
     found = []
     for folder, dirs, files in os.walk(REPO):
         rel_folder = os.path.relpath(folder, REPO)
-        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not (rel_folder == "." and d in ignored))
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not (rel_folder == "." and d in ignored)
+                         and os.path.join(rel_folder, d).replace(os.sep, "/").removeprefix("./") not in SKIPPED_PATHS)
         found += [os.path.relpath(os.path.join(folder, f), REPO).replace(os.sep, "/") for f in sorted(files)
                   if f.endswith(".py") and not (rel_folder == "." and f in ignored)]
     return found
