@@ -58,8 +58,8 @@ def group(width=640, height=480):
 def test_the_three_nodes_interface(env):
     N, display = env.N, env.pack.NODE_DISPLAY_NAME_MAPPINGS
     expected = {
-        "PulidFluxFaceMask": ("Face mask (PuLID-Flux)",
-                              ["image", "face_analysis", "faces", "face_order", "face_index", "shape", "grow", "feather"],
+        "PulidFluxFaceMask": ("Face mask (PuLID-Flux)", ["image", "face_analysis", "faces", "face_order",
+                                                         "face_index", "shape", "grow", "feather"],
                               ["include_hair", "on_no_face"], ("MASK", "INT"), ("mask", "face_count")),
         "PulidFluxCropFace": ("Crop face (PuLID-Flux)",
                               ["image", "face_analysis", "faces", "face_order", "face_index", "context", "size",
@@ -75,7 +75,8 @@ def test_the_three_nodes_interface(env):
         assert cls.RETURN_TYPES == types and cls.RETURN_NAMES == names and len(cls.OUTPUT_TOOLTIPS) == len(types)
         assert all(spec[1].get("tooltip") for part in inputs.values() for spec in part.values())
     mask_in, crop_in = N["PulidFluxFaceMask"].INPUT_TYPES(), N["PulidFluxCropFace"].INPUT_TYPES()
-    assert mask_in["required"]["faces"][0] == ["chosen", "all"] and mask_in["required"]["faces"][1]["default"] == "chosen"
+    assert mask_in["required"]["faces"][0] == ["chosen", "all"]
+    assert mask_in["required"]["faces"][1]["default"] == "chosen"
     assert mask_in["required"]["shape"][0] == ["box", "ellipse", "parsing"]
     assert mask_in["required"]["shape"][1]["default"] == "ellipse"
     assert {k: mask_in["required"]["grow"][1][k] for k in ("default", "min", "max")} == {"default": 0, "min": -512,
