@@ -106,7 +106,7 @@ def main():
         rate = (block_flops(tokens) * (19 + 38)) / (19 * per_double + 38 * per_single)
         scrfd = SCRFD_FLOPS / rate
         print(f"| {size}² | {r['mask']:.3f} | {r['parsing']:.3f} | {r['crop']:.3f} | {full_step:.1f} | "
-              f"{r["mask"] / full_step:.3%} | {r["parsing"] / full_step:.3%} | {r["crop"] / full_step:.3%} | "
+              f"{r['mask'] / full_step:.3%} | {r['parsing'] / full_step:.3%} | {r['crop'] / full_step:.3%} | "
               f"{scrfd:.3f} ({scrfd / full_step:.3%} of a step) |")
         print(f"|   | fixed {r['fixed']:.2f} s, double block {per_double:.2f} s, single block {per_single:.2f} s "
               f"({rate / 1e9:.0f} GFLOP/s) |||||||")
