@@ -31,9 +31,6 @@ CORE = {
 }
 CORE_ZH = {"card_out": "output/NAME.png（身份卡）", "card_in": "input/NAME.png（身份卡）"}
 FILES = ("id_file", "card_out", "card_in")
-# Titles of issue 24's face nodes until the English locale is regenerated with them (their spec's display names).
-PENDING_TITLES = {"PulidFluxFaceMask": "Face mask (PuLID-Flux)", "PulidFluxCropFace": "Crop face (PuLID-Flux)",
-                  "PulidFluxPasteFace": "Paste face (PuLID-Flux)"}
 LOADERS = [("PulidFluxModelLoader", 0, 0), ("PulidFluxEvaClipLoader", 0, 1), ("PulidFluxInsightFaceLoader", 0, 2),
            ("image", 0, 3)]
 LOADER_EDGES = [("PulidFluxModelLoader", "pulid_flux"), ("PulidFluxEvaClipLoader", "eva_clip"),
@@ -149,7 +146,7 @@ def diagram_svg(node: str, lang: str) -> str:
     boxes, edges = DIAGRAMS[node]
     titles = _titles(lang)
     core = CORE | (CORE_ZH if lang == "zh" else {})
-    label = {key: titles.get(key) or core.get(key) or _short(PENDING_TITLES[key]) for key, _, _ in boxes}
+    label = {key: titles.get(key) or core[key] for key, _, _ in boxes}
     columns = max(c for _, c, _ in boxes) + 1
     width = [max(_text_width(label[k], 13) + 20 for k, c, _ in boxes if c == col) for col in range(columns)]
     gap, box_h, row_h, pad = 92, 32, 46, 12
