@@ -87,6 +87,19 @@ def test_every_locale_has_every_text(english, tool, lang):
     assert gaps == [], f"locales/{lang} lacks: {', '.join(gaps)}"
 
 
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_no_locale_keeps_texts_of_nodes_or_inputs_the_code_lacks(english, tool, lang):
+    extra = tool.stale(english[0], tool.read(lang, "nodeDefs.json"))
+    assert extra == [], f"locales/{lang} translates what the code no longer has: {', '.join(extra)}"
+
+
+def test_a_stale_text_is_named(english, tool):
+    defs = copy.deepcopy(tool.read("zh", "nodeDefs.json"))
+    defs["ApplyPulidFlux"]["inputs"]["old_weight"] = {"name": "x"}
+    defs["PulidFluxOldNode"] = {"display_name": "x"}
+    assert tool.stale(english[0], defs) == ["nodeDefs.PulidFluxOldNode", "nodeDefs.ApplyPulidFlux.inputs.old_weight"]
+
+
 def test_a_missing_text_is_named(english, tool):
     defs, main = copy.deepcopy(tool.read("zh", "nodeDefs.json")), copy.deepcopy(tool.read("zh", "main.json"))
     del defs["ApplyPulidFlux"]["inputs"]["weight"]["tooltip"]

@@ -89,6 +89,18 @@ def missing(english: dict, english_main: dict, defs: dict, main: dict) -> list[s
     return gaps
 
 
+def stale(english: dict, defs: dict) -> list[str]:
+    """Every node, input or output a locale's nodeDefs still has but the code no longer does (a renamed or removed
+    node or input), as dotted keys: dead translations hide the ones that are missing."""
+    extra = [f"nodeDefs.{node}" for node in defs if node not in english]
+    for node, entry in english.items():
+        got = defs.get(node)
+        for kind in ("inputs", "outputs"):
+            have = (got.get(kind) or {}) if isinstance(got, dict) else {}
+            extra += [f"nodeDefs.{node}.{kind}.{slot}" for slot in have if slot not in entry.get(kind, {})]
+    return extra
+
+
 def english_pages() -> dict[str, str]:
     """web/docs/<Node>/en.md (relative to the repository) -> the text of web/docs/<Node>.md it copies."""
     pages = {}
@@ -147,8 +159,10 @@ def main(argv=None) -> int:
             print(f"wrote {rel}")
     for lang in sorted(os.listdir(LOCALES)):
         if lang != "en":
+            defs = read(lang, "nodeDefs.json")
             problems += [f"locales/{lang}: no {key}" for key in missing(
-                english["nodeDefs.json"], english["main.json"], read(lang, "nodeDefs.json"), read(lang, "main.json"))]
+                english["nodeDefs.json"], english["main.json"], defs, read(lang, "main.json"))]
+            problems += [f"locales/{lang}: {key} is not in the code" for key in stale(english["nodeDefs.json"], defs)]
     print("\n".join(problems) or "every locale has every text")
     return 1 if problems else 0
 
