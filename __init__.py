@@ -3,6 +3,7 @@ import importlib.util
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+WEB_DIRECTORY = "./web"  # frontend extensions (web/js/*.js), served by ComfyUI under /extensions/<this folder>/
 
 # The torch core (pulid_flux/, encoders/) must stay importable without ComfyUI, e.g. in tests.
 if importlib.util.find_spec("comfy") is not None:
