@@ -289,7 +289,7 @@ def test_the_readme_fix_makes_a_refused_job_run_on_a_worker_without_the_identity
                                                   "fingerprint": identity.fingerprint}  # filled by the client
     entry = run(second, made_on_master)  # the master's workflow, unchanged, as ComfyUI-Distributed sends it
     assert entry["status"]["status_str"] == "success", (entry["status"], second.log_tail())
-    assert identity.fingerprint in entry["outputs"]["1"]["text"][0]
+    assert f"dana.safetensors: fingerprint {identity.fingerprint}" in second.log_tail(200_000)  # what it loaded
     assert pulid_tools(args + ["--out", "out", "--quiet"], tmp_path).returncode == 0  # again: the same, kept
 
 
