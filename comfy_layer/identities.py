@@ -108,10 +108,10 @@ def identity_file_problem(file_name, fingerprint="") -> str | bool:
         if wanted is None:
             return True
         found = identity_file_fingerprint(file_name)
-    except (FingerprintValueError, IdentityFileError) as e:
-        return str(e)
     except FileNotFoundError:  # removed since the check above
         return missing_identity_message(file_name, folders_of(FOLDER), this_server.label())
+    except (FingerprintValueError, IdentityFileError, OSError) as e:
+        return str(e)
     if fingerprint_matches(found, wanted):
         return True
     return stale_identity_message(file_name, found, wanted, this_server.label())

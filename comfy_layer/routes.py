@@ -33,7 +33,7 @@ def fingerprint_reply(name) -> tuple[int, dict]:
         return 200, {"name": name, "fingerprint": identity_file_fingerprint(name)}
     except FileNotFoundError:  # removed since it was listed
         return 404, {"error": f"identity {name[:200]!r} is not on this server"}
-    except IdentityFileError as e:
+    except (IdentityFileError, OSError) as e:  # not a readable identity: the file on the server, not the request
         return 422, {"error": str(e)}
 
 
