@@ -3,7 +3,9 @@ import importlib.util
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-WEB_DIRECTORY = "./web"  # frontend extensions (web/js/*.js), served by ComfyUI under /extensions/<this folder>/
+# Served at /extensions/<this folder>/: web/docs/<NodeClass>.md is the node's page in the frontend's help panel
+# (web/docs/<NodeClass>/<locale>.md in other languages). ComfyUI reads locales/ by itself.
+WEB_DIRECTORY = "./web"
 
 # The torch core (pulid_flux/, encoders/) must stay importable without ComfyUI, e.g. in tests.
 if importlib.util.find_spec("comfy") is not None:
@@ -12,4 +14,4 @@ if importlib.util.find_spec("comfy") is not None:
 
     routes.register_routes()
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -4,11 +4,15 @@ and come after end_at. Inputs several nodes share are declared once, in comfy_la
 from __future__ import annotations
 
 from .comfy_layer import cards, folders, identities, patching, similarity
+from .comfy_layer import faces as face_nodes  # not `faces`: that is an input name of the face nodes
 from .comfy_layer import inputs as I
 from .comfy_layer.models import EvaModel, FaceAnalysisModel, PulidModel
 from .pulid_flux.identity import blend_identities
 
-CATEGORY = "pulid_flux"
+# The node library's folders (ComfyUI splits on "/"; locales/*/main.json names each part). Changing a category
+# moves a node in the library only: saved workflows refer to class names.
+LOADERS, APPLY, IDENTITIES = "pulid_flux/loaders", "pulid_flux/apply", "pulid_flux/identities"
+FACES_CATEGORY = "pulid_flux/faces"
 ON_NO_FACE = ("error", "return model unchanged")
 
 folders.register_model_folders()
@@ -23,7 +27,9 @@ class PulidFluxModelLoader:
     RETURN_TYPES = ("PULIDFLUX",)
     OUTPUT_TOOLTIPS = ("The ID encoder and the 20 ID cross-attentions, managed with the diffusion model.",)
     FUNCTION = "load_model"
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
+    DESCRIPTION = ("Load the PuLID-Flux weights from models/pulid: the ID encoder and the 20 ID cross-attentions "
+                   "that Apply PuLID-Flux adds to Flux.")
 
     def load_model(self, pulid_file):
         return (PulidModel.load(pulid_file),)
@@ -37,8 +43,11 @@ class PulidFluxInsightFaceLoader:
                                          "Falls back to CPU (with a log line) when unavailable."})}}
 
     RETURN_TYPES = ("FACEANALYSIS",)
+    OUTPUT_TOOLTIPS = ("Face detection (SCRFD) and ArcFace, for Apply PuLID-Flux, Encode identity and Face similarity.",)
     FUNCTION = "load_insightface"
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
+    DESCRIPTION = ("Load InsightFace antelopev2 (face detection and ArcFace identity vectors) from "
+                   "models/insightface/models/antelopev2.")
 
     def load_insightface(self, provider):
         return (FaceAnalysisModel.load(provider),)
@@ -53,8 +62,10 @@ class PulidFluxEvaClipLoader:
                                           "auto: the first that loads, in that order."})}}
 
     RETURN_TYPES = ("EVA_CLIP",)
+    OUTPUT_TOOLTIPS = ("EVA02-CLIP-L-14-336's vision tower, for Apply PuLID-Flux and Encode identity.",)
     FUNCTION = "load_eva_clip"
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
+    DESCRIPTION = "Load EVA02-CLIP-L-14-336, the image encoder that describes the face's appearance for PuLID."
 
     def load_eva_clip(self, eva_file="auto"):
         return (EvaModel.load(eva_file),)
@@ -81,7 +92,9 @@ class ApplyPulidFlux:
                        "Aligned face | the face EVA-CLIP saw, for each reference used; with curate on, every photo "
                        "with its verdict and figures (dropped ones framed red).")
     FUNCTION = "apply_pulid_flux"
-    CATEGORY = CATEGORY
+    CATEGORY = APPLY
+    DESCRIPTION = ("Give a Flux model a person's identity from one or more face photos: returns a patched clone of "
+                   "the MODEL and a preview of the faces it used.")
 
     def apply_pulid_flux(self, model, pulid_flux, eva_clip, face_analysis, image, weight, start_at, end_at,
                          attn_mask=None, fusion="mean", face_order="largest", face_index=0, use_gray=True,
@@ -105,7 +118,7 @@ class PulidFluxEncodeIdentity:
                        "Aligned face | the face EVA-CLIP saw, for each photo used; with curate on, every photo "
                        "with its verdict and figures (dropped ones framed red).")
     FUNCTION = "encode"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
     DESCRIPTION = "Encode a person once from photos; Apply identity then needs neither EVA-CLIP nor InsightFace."
 
     def encode(self, pulid_flux, eva_clip, face_analysis, image, fusion="mean", face_order="largest", face_index=0,
@@ -125,7 +138,9 @@ class PulidFluxApplyIdentity:
     OUTPUT_TOOLTIPS = ("The model with the identity patched in (a clone); same result as Apply PuLID-Flux on the "
                        "same photos and settings.",)
     FUNCTION = "apply"
-    CATEGORY = CATEGORY
+    CATEGORY = APPLY
+    DESCRIPTION = ("Give a Flux model a saved or encoded identity; needs neither EVA-CLIP nor InsightFace, and gives "
+                   "the same image as Apply PuLID-Flux on the same photos.")
 
     def apply(self, model, pulid_flux, identity, weight, start_at, end_at, attn_mask=None, uncond="same"):
         return (patching.apply_identity(model, pulid_flux, identity, weight, start_at, end_at, attn_mask, uncond),)
@@ -149,7 +164,9 @@ class PulidFluxSaveIdentity:
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "save"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
+    DESCRIPTION = ("Save an identity as a small file in models/pulid/identities, and optionally as an identity card "
+                   "(a PNG that carries it).")
 
     def save(self, identity, name, overwrite=False, card=False):
         return identities.save_node(identity, name, overwrite, card)
@@ -171,7 +188,8 @@ class PulidFluxLoadIdentity:
     OUTPUT_TOOLTIPS = ("The saved identity, bit-identical to the one that was saved.",
                        "The saved face preview (aligned | parsed, 128 px), one row per photo.")
     FUNCTION = "load"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
+    DESCRIPTION = "Load an identity saved in models/pulid/identities: no photos, EVA-CLIP or InsightFace needed."
 
     @classmethod
     def IS_CHANGED(cls, identity_file, fingerprint=""):
@@ -227,7 +245,8 @@ class PulidFluxBlendIdentities:
     RETURN_TYPES = (I.IDENTITY,)
     OUTPUT_TOOLTIPS = ("A new face mixing the two people.",)
     FUNCTION = "blend"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
+    DESCRIPTION = "Mix two identities into a new face: (1 - ratio) x A + ratio x B of their ID tokens."
 
     def blend(self, identity_a, identity_b, ratio):
         return (blend_identities(identity_a, identity_b, ratio),)
@@ -263,10 +282,94 @@ class PulidFluxFaceSimilarity:
                        "copy score is the goal. 0 when no face was found.")
     OUTPUT_NODE = True
     FUNCTION = "score"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
+    DESCRIPTION = ("Score how much each generated image looks like the person (ArcFace similarity) and how much it "
+                   "copies one reference photo; picks the best image.")
 
     def score(self, face_analysis, images, identity=None, reference=None, copy_penalty=0.0):
         return similarity.face_similarity_node(face_analysis, images, identity, reference, copy_penalty)
+
+
+class PulidFluxFaceMask:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": I.FACE_IMAGE, "face_analysis": I.FACE_ANALYSIS, **I.face_picking(),
+                             **I.mask_shaping()},
+                "optional": {"include_hair": I.INCLUDE_HAIR,
+                             "on_no_face": (list(face_nodes.MASK_ON_NO_FACE), {
+                                 "default": "error", "tooltip": "An image without the face: stop with an error naming "
+                                 "the image, or give it an empty mask (one warning in the log)."})}}
+
+    RETURN_TYPES = ("MASK", "INT")
+    RETURN_NAMES = ("mask", "face_count")
+    OUTPUT_TOOLTIPS = ("The face mask of each image, at the image's own size (0..1): for Apply's attn_mask, "
+                       "inpainting or any mask node.",
+                       "How many faces were detected in the whole batch (whichever were masked).")
+    FUNCTION = "mask"
+    CATEGORY = FACES_CATEGORY
+    DESCRIPTION = ("Find the faces in a picture and mask the chosen one (or all): box, ellipse or the face's own "
+                   "outline, grown and feathered in pixels.")
+
+    def mask(self, image, face_analysis, faces, face_order, face_index, shape, grow, feather, include_hair=False,
+             on_no_face="error"):
+        return face_nodes.face_mask_node(face_analysis, image, faces, face_order, face_index, shape, grow, feather,
+                                            include_hair, on_no_face)
+
+
+class PulidFluxCropFace:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": I.FACE_IMAGE, "face_analysis": I.FACE_ANALYSIS, **I.face_picking(),
+            "context": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 8.0, "step": 0.05, "tooltip": "Crop side as a "
+                        "multiple of the face box's longer side (centred on the face, kept inside the image, at most "
+                        "the image's shorter side)."}),
+            "size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 16, "tooltip": "Every crop is "
+                     "resized to size x size pixels (a multiple of 16: Flux's latent grid)."}),
+            **I.mask_shaping()},
+            "optional": {"include_hair": I.INCLUDE_HAIR,
+                         "on_no_face": (list(face_nodes.CROP_ON_NO_FACE), {
+                             "default": "error", "tooltip": "An image without the face: stop with an error naming the "
+                             "image, or skip it (Paste face leaves it as it was)."})}}
+
+    RETURN_TYPES = ("IMAGE", "MASK", face_nodes.FACE_CROP)
+    RETURN_NAMES = ("crops", "crop_masks", "crop_info")
+    OUTPUT_TOOLTIPS = ("One square crop per face, size x size, image by image (faces 'all' gives several per image).",
+                       "Each crop's face mask, cut and resized the same way.",
+                       "Where each crop came from, with its face mask: connect it to Paste face.")
+    FUNCTION = "crop"
+    CATEGORY = FACES_CATEGORY
+    DESCRIPTION = ("Cut the chosen face (or every face) out with some context, at a working size for a second pass; "
+                   "Paste face puts the result back.")
+
+    def crop(self, image, face_analysis, faces, face_order, face_index, context, size, shape, grow, feather,
+             include_hair=False, on_no_face="error"):
+        return face_nodes.crop_face_node(face_analysis, image, faces, face_order, face_index, context, size, shape,
+                                            grow, feather, include_hair, on_no_face)
+
+
+class PulidFluxPasteFace:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The image batch the crops were cut from (the one Crop face received)."}),
+            "crops": ("IMAGE", {"tooltip": "The processed crops, one per crop of crop_info (any size: each is resized "
+                                "back to its window)."}),
+            "crop_info": (face_nodes.FACE_CROP, {"tooltip": "Crop face's crop_info."})},
+            "optional": {"mask": ("MASK", {"tooltip": "Replaces crop_info's face masks: one per crop (or one for "
+                                           "all) at the crops' size."})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The image with each crop pasted back through its feathered mask; where the mask is 0 the "
+                       "pixels are bit-identical to the input.",)
+    FUNCTION = "paste"
+    CATEGORY = FACES_CATEGORY
+    DESCRIPTION = ("Put processed face crops back into the picture they were cut from, through their face masks; "
+                   "everything outside the masks stays bit-identical.")
+
+    def paste(self, image, crops, crop_info, mask=None):
+        return (face_nodes.paste_face_node(image, crops, crop_info, mask),)
 
 
 NODES = {  # class name (saved in workflows) -> (class, display name)
@@ -281,6 +384,9 @@ NODES = {  # class name (saved in workflows) -> (class, display name)
     "PulidFluxLoadIdentityCard": (PulidFluxLoadIdentityCard, "Load identity card (PuLID-Flux)"),
     "PulidFluxBlendIdentities": (PulidFluxBlendIdentities, "Blend identities (PuLID-Flux)"),
     "PulidFluxFaceSimilarity": (PulidFluxFaceSimilarity, "Face similarity (PuLID-Flux)"),
+    "PulidFluxFaceMask": (PulidFluxFaceMask, "Face mask (PuLID-Flux)"),
+    "PulidFluxCropFace": (PulidFluxCropFace, "Crop face (PuLID-Flux)"),
+    "PulidFluxPasteFace": (PulidFluxPasteFace, "Paste face (PuLID-Flux)"),
 }
 NODE_CLASS_MAPPINGS = {name: cls for name, (cls, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {name: title for name, (_, title) in NODES.items()}

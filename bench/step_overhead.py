@@ -12,22 +12,22 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import import_comfyui, machine, timed_interleaved  # noqa: E402
-
 D = 3072  # FLUX.1 hidden size
 
 
-def flux_flops(n_img: int, n_txt: int, n_double: int, n_single: int) -> float:
+def flux_flops(n_img: int, n_txt: int, n_double: int, n_single: int, hidden: int = D) -> float:
+    """FLOPs of one Flux forward per sample: the blocks' matrix products and attention (embedders, modulation and
+    the final layer are left out: under 1 % at 1024²). bench/gpu checks this count against torch's FLOP counter."""
     L = n_img + n_txt
-    attn = 4 * L * L * D  # QK^T and AV
-    double = 2 * 12 * D * D * L + attn  # per token: qkv 3D² + proj D² + mlp 8D² in its own stream
-    single = 2 * 12 * D * D * L + attn  # linear1 7D², linear2 5D²
+    attn = 4 * L * L * hidden  # QK^T and AV
+    double = 2 * 12 * hidden * hidden * L + attn  # per token: qkv 3D² + proj D² + mlp 8D² in its own stream
+    single = 2 * 12 * hidden * hidden * L + attn  # linear1 7D², linear2 5D²
     return n_double * double + n_single * single
 
 
-def ca_flops(n_img: int, n_ca: int, id_tokens=32, inner=2048) -> float:
-    return n_ca * (2 * 2 * n_img * D * inner + 4 * n_img * id_tokens * inner)  # to_q + to_out, attention
+def ca_flops(n_img: int, n_ca: int, id_tokens=32, inner=2048, hidden: int = D) -> float:
+    """FLOPs the ID cross-attentions add per sample (keys/values of the ID tokens are made once per run)."""
+    return n_ca * (2 * 2 * n_img * hidden * inner + 4 * n_img * id_tokens * inner)  # to_q + to_out, attention
 
 
 def build(n_double, n_single, dtype, device):
@@ -50,6 +50,9 @@ def main():
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--cfg", type=int, default=1, help="2 = cond+uncond batch (cfg>1)")
     args = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # here, not at import: bench/gpu imports the counts
+    from common import import_comfyui, machine, timed_interleaved
+
     import_comfyui(cpu=not args.gpu)
     from pulid_flux import OFFICIAL, PulidFlux, injection_points
     from support.pulid_fakes import random_state_dict

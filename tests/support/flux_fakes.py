@@ -54,17 +54,22 @@ def flux1_shapes(double: int = 1, single: int = 1, hidden: int = 3072, heads: in
     return shapes
 
 
+def random_flux1_tensor(key: str, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype,
+                        std: float = 0.02) -> torch.Tensor:
+    """One weight of a random FLUX.1: matrices ~ N(0, std), biases 0, RMSNorm scales 1, made on the generator's
+    device (bench/gpu fills a model built on the GPU with it, one tensor at a time)."""
+    device = gen.device
+    if key.endswith(".scale"):
+        return torch.ones(shape, dtype=dtype, device=device)
+    if len(shape) == 1:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.randn(shape, generator=gen, device=device).mul_(std).to(dtype)
+
+
 def random_flux1_state_dict(double: int = 1, single: int = 1, seed: int = 0, dtype: torch.dtype = torch.float16,
                             std: float = 0.02, **widths) -> dict[str, torch.Tensor]:
-    """Random weights: matrices ~ N(0, std), biases 0, RMSNorm scales 1. One tensor at a time, so a full-width
-    model never exists twice in memory."""
+    """Random weights (random_flux1_tensor). One tensor at a time, so a full-width model never exists twice in
+    memory."""
     gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in flux1_shapes(double, single, **widths).items():
-        if key.endswith(".scale"):
-            state[key] = torch.ones(shape, dtype=dtype)
-        elif len(shape) == 1:
-            state[key] = torch.zeros(shape, dtype=dtype)
-        else:
-            state[key] = torch.randn(shape, generator=gen).mul_(std).to(dtype)
-    return state
+    return {key: random_flux1_tensor(key, shape, gen, dtype, std)
+            for key, shape in flux1_shapes(double, single, **widths).items()}
