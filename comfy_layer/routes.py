@@ -1,8 +1,9 @@
 """HTTP routes on ComfyUI's server for identity files (headless clients on other machines):
 
   GET  /pulid_flux/identities  -> 200 {"identities": ["a.safetensors", ...]}
-  GET  /pulid_flux/identities/fingerprint?name=NAME  -> 200 {"name", "fingerprint"}; 400 no name; 404 not on this
-       server; 422 not a readable identity (Load identity's frontend extension fills its fingerprint from this)
+  GET  /pulid_flux/identities/fingerprint?name=NAME  -> 200 {"name", "fingerprint"}, with fingerprint null and an
+       "error" when this server has no readable identity of that name (a lookup, not a failure: the frontend
+       extension asks it for every Load identity it sees); 400 without a name
   POST /pulid_flux/identities  multipart: `file` (the .safetensors), optional `name`, optional `overwrite`
        -> 200 {"name", "bytes", "fingerprint"}; 400 not an identity / bad name / malformed body; 409 exists (with
        "fingerprint" of the upload and "existing_fingerprint" of the file there); 413 over 16 MB.
@@ -27,14 +28,15 @@ def fingerprint_reply(name) -> tuple[int, dict]:
     identity lists are looked up, so no path a client sends reaches the disk."""
     if not name:
         return 400, {"error": "send ?name=NAME, an identity file name as Load identity lists it"}
+    missing = {"name": name[:200], "fingerprint": None, "error": f"identity {name[:200]!r} is not on this server"}
     if name not in identity_files():
-        return 404, {"error": f"identity {name[:200]!r} is not on this server"}
+        return 200, missing
     try:
         return 200, {"name": name, "fingerprint": identity_file_fingerprint(name)}
     except FileNotFoundError:  # removed since it was listed
-        return 404, {"error": f"identity {name[:200]!r} is not on this server"}
-    except (IdentityFileError, OSError) as e:  # not a readable identity: the file on the server, not the request
-        return 422, {"error": str(e)}
+        return 200, missing
+    except (IdentityFileError, OSError) as e:  # not a readable identity: the file on the server
+        return 200, {"name": name, "fingerprint": None, "error": str(e)}
 
 
 def register_routes() -> bool:

@@ -18,8 +18,9 @@ API_STUB = """export const api = {
     globalThis.requests.push(url);
     await new Promise((resolve) => setTimeout(resolve, globalThis.delays[url] ?? 1));
     const fingerprint = globalThis.files[decodeURIComponent(url.split("?name=")[1] ?? "")];
-    return { ok: !!fingerprint, status: fingerprint ? 200 : 404,
-             async json() { return fingerprint ? { fingerprint } : { error: "not on this server" }; } };
+    if (url.includes("broken")) return { ok: false, status: 500, async json() { return {}; } };
+    return { ok: true, status: 200,
+             async json() { return fingerprint ? { fingerprint } : { fingerprint: null, error: "not on this server" }; } };
   },
 };
 """
@@ -51,6 +52,8 @@ saved.pick("b b+.safetensors"); await settle();
 out.picked = saved.print(); out.calls = saved.calls;
 saved.pick("missing.safetensors"); await settle();
 out.missing = saved.print();
+saved.pick("broken.safetensors"); await settle();
+out.broken = saved.print();
 globalThis.delays["/pulid_flux/identities/fingerprint?name=b%20b%2B.safetensors"] = 20;
 fresh.pick("b b+.safetensors"); fresh.pick("a.safetensors"); await settle(); await settle();
 out.raced = fresh.print();
@@ -86,8 +89,9 @@ def test_the_extension_fills_the_fingerprint_when_a_file_is_picked(tmp_path):
     assert out["saved"] == "pfid1-saved"         # a saved fingerprint is kept on load: it names the chosen identity
     assert out["other"] == ""                    # other nodes are left alone
     assert out["picked"] == "pfid1-bbbb"  # picked: filled from the route
-    assert out["calls"] == ["b b+.safetensors", "missing.safetensors"]  # the widget's own callback still runs
+    assert out["calls"] == ["b b+.safetensors", "missing.safetensors", "broken.safetensors"]  # its own callback runs
     assert out["missing"] == ""                  # a file this server cannot vouch for: no fingerprint
+    assert out["broken"] == ""                   # a failed request: no fingerprint, no exception
     assert out["raced"] == "pfid1-aaaa"          # a late answer for an earlier pick is dropped
     route = FINGERPRINT_ROUTE + "?name="
     assert out["requests"][0] == route + "a.safetensors" and route + "b%20b%2B.safetensors" in out["requests"]

@@ -310,7 +310,8 @@ def test_a_stale_identity_file_on_a_worker_is_refused_naming_both_fingerprints(s
     upload_identity_file(second, "erin.safetensors", identity_bytes(other))  # the stale copy on the worker
     status, reply = first.get_status_json("/pulid_flux/identities/fingerprint?name=erin.safetensors")
     assert (status, reply) == (200, {"name": "erin.safetensors", "fingerprint": identity.fingerprint})
-    assert first.get_status_json("/pulid_flux/identities/fingerprint?name=nobody.safetensors")[0] == 404
+    status, reply = first.get_status_json("/pulid_flux/identities/fingerprint?name=nobody.safetensors")
+    assert (status, reply["fingerprint"]) == (200, None) and "is not on this server" in reply["error"]
     assert first.get_status_json("/pulid_flux/identities/fingerprint")[0] == 400
 
     chosen = {"identity_file": "erin.safetensors", "fingerprint": identity.fingerprint}
