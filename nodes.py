@@ -156,10 +156,9 @@ class PulidFluxSaveIdentity:
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name; "
                                                                    "otherwise the node stops with an error."}),
         }, "optional": {
-            "card": ("BOOLEAN", {"default": False, "tooltip": "Also write an identity card, NAME.png in the output "
-                                 "folder: a picture of the face that carries the identity. Load identity card reads "
-                                 "it on any server (upload it like an image; ComfyUI-Distributed copies it to its "
-                                 "workers)."}),
+            "card": ("BOOLEAN", {"default": False, "tooltip": "Also write an identity card, NAME.png in the input "
+                                 "folder (Load identity card lists it; ComfyUI-Distributed copies it to its workers) "
+                                 "and in the output folder: a picture of the face that carries the identity."}),
         }}
 
     RETURN_TYPES = ()
@@ -178,7 +177,11 @@ class PulidFluxLoadIdentity:
     def INPUT_TYPES(cls):
         return {"required": {"identity_file": (folders.identity_files(), {
             "tooltip": "An identity in models/pulid/identities (or an extra_model_paths.yaml pulid_identities "
-                       "folder)."})}}
+                       "folder)."})},
+                "optional": {"fingerprint": ("STRING", {"default": "", "tooltip": (
+                    "The fingerprint of the identity chosen (filled when you pick identity_file, and by pulid_tools "
+                    "queue/batch). A server whose file of that name holds another identity refuses the prompt. "
+                    "Empty: no check.")})}}
 
     RETURN_TYPES = (I.IDENTITY, "IMAGE")
     RETURN_NAMES = ("identity", "preview")
@@ -189,15 +192,16 @@ class PulidFluxLoadIdentity:
     DESCRIPTION = "Load an identity saved in models/pulid/identities: no photos, EVA-CLIP or InsightFace needed."
 
     @classmethod
-    def IS_CHANGED(cls, identity_file):
+    def IS_CHANGED(cls, identity_file, fingerprint=""):
         return identities.file_state(identity_file)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, identity_file):  # named here, so ComfyUI leaves the list check to it (clearer message)
-        return identities.identity_file_problem(identity_file)
+    def VALIDATE_INPUTS(cls, identity_file, fingerprint=""):  # named here: ComfyUI leaves the list check to it
+        problem = identities.identity_file_problem(identity_file, fingerprint)
+        return True if problem is True else identities.Refusal(problem)
 
-    def load(self, identity_file):
-        return identities.load_node(identity_file)
+    def load(self, identity_file, fingerprint=""):
+        return identities.load_node(identity_file, fingerprint)
 
 
 class PulidFluxLoadIdentityCard(PulidFluxLoadIdentity):

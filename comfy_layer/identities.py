@@ -14,14 +14,16 @@ from ..encoders.curation.report import METADATA_KEY
 from ..encoders.curation.selection import Thresholds
 from ..pulid_flux.identity import build_identity, file_fingerprint, tensors_fingerprint
 from ..pulid_flux.identity_file import Identity, IdentityFileError, load_identity, save_identity
-from ..pulid_flux.identity_fingerprint import short_fingerprint
-from ..pulid_flux.identity_store import exists_message, identity_file_name, missing_identity_message
-from . import cards, encoding
+from ..pulid_flux.identity_fingerprint import (FingerprintValueError, fingerprint_matches, requested_fingerprint,
+                                               short_fingerprint)
+from ..pulid_flux.identity_store import identity_file_name, missing_identity_message, stale_identity_message
+from . import cards, encoding, this_server
 from .folders import FOLDER, folders_of, save_folder
 from .models import PulidModel
 
 log = logging.getLogger("PuLID-Flux")
 _fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_file_fingerprints: dict[str, tuple[str, str]] = {}  # path -> (file_state, identity fingerprint)
 
 
 def pulid_fingerprint(pulid: PulidModel) -> str:
@@ -67,12 +69,52 @@ def encode_node(pulid, eva, faces, image, fusion="mean", face_order="largest", f
     return shown(identity, emb.face_preview)
 
 
-def identity_file_problem(file_name) -> str | bool:
-    """Load identity's VALIDATE_INPUTS: True, or the message a client gets from POST /prompt when this server
-    lacks the identity (ComfyUI then skips its own 'Value not in list' check for this input)."""
-    if isinstance(file_name, str) and folder_paths.get_full_path(FOLDER, file_name):
+def identity_file_fingerprint(file_name: str) -> str:
+    """The fingerprint of the identity in a file of the identities folders, read once per version of the file
+    (size and mtime). Raises FileNotFoundError (no such file here) or IdentityFileError (not a readable identity)."""
+    path = folder_paths.get_full_path(FOLDER, file_name) if isinstance(file_name, str) else None
+    if path is None or not os.path.isfile(path):
+        raise FileNotFoundError(file_name)
+    state = file_state(file_name)
+    known = _file_fingerprints.get(path)
+    if known is not None and known[0] == state:
+        return known[1]
+    fingerprint = load_identity(path).fingerprint
+    _file_fingerprints[path] = (state, fingerprint)
+    return fingerprint
+
+
+class Refusal(str):
+    """A VALIDATE_INPUTS message that ComfyUI shows once. ComfyUI writes the refusal into one error per input the
+    method takes (Load identity: identity_file and fingerprint), calling str() on it for each, so the UI's error
+    dialog would show the whole message twice: the first str() gives it, the later ones point at it."""
+    told = False
+
+    def __str__(self) -> str:
+        if self.told:
+            return "(the refusal given for identity_file)"
+        self.told = True
+        return str.__str__(self)
+
+
+def identity_file_problem(file_name, fingerprint="") -> str | bool:
+    """Load identity's VALIDATE_INPUTS: True, or the message a client gets from POST /prompt (ComfyUI then skips its
+    own 'Value not in list' check for this input): this server lacks the identity, or its file of that name holds
+    another identity than the one the workflow's fingerprint names (a stale copy on a worker)."""
+    if not (isinstance(file_name, str) and folder_paths.get_full_path(FOLDER, file_name)):
+        return missing_identity_message(str(file_name), folders_of(FOLDER), this_server.label())
+    try:
+        wanted = requested_fingerprint(fingerprint)
+        if wanted is None:
+            return True
+        found = identity_file_fingerprint(file_name)
+    except FileNotFoundError:  # removed since the check above
+        return missing_identity_message(file_name, folders_of(FOLDER), this_server.label())
+    except (FingerprintValueError, IdentityFileError, OSError) as e:
+        return str(e)
+    if fingerprint_matches(found, wanted):
         return True
-    return missing_identity_message(str(file_name), folders_of(FOLDER))
+    return stale_identity_message(file_name, found, wanted, this_server.label())
 
 
 def load_from_folder(file_name: str) -> Identity:
@@ -85,8 +127,13 @@ def load_from_folder(file_name: str) -> Identity:
     return load_identity(path)
 
 
-def load_node(file_name: str) -> dict:
+def load_node(file_name: str, fingerprint: str = "") -> dict:
+    """Load identity. With a fingerprint, the file must still hold that identity (it may have been replaced between
+    the prompt's validation and its run)."""
     identity = load_from_folder(file_name)
+    wanted = requested_fingerprint(fingerprint)
+    if wanted is not None and not fingerprint_matches(identity.fingerprint, wanted):
+        raise ValueError(stale_identity_message(file_name, identity.fingerprint, wanted, this_server.label()))
     return shown(identity, identity.preview.float() / 255.0)
 
 
@@ -105,15 +152,19 @@ def file_state(file_name: str) -> str:
 
 
 def save_node(identity: Identity, name: str, overwrite: bool, card: bool = False) -> dict:
-    """Save identity: the file in the identities folder and, with `card`, its card in the output folder (NAME.png,
-    shown on the node). Without overwrite an existing file or card stops the node before anything is written."""
+    """Save identity: the file in the identities folder and, with `card`, its card NAME.png in the input folder
+    (where Load identity card lists it and ComfyUI-Distributed's media sync finds it) and in the output folder (shown
+    on the node, downloadable). Without overwrite an existing file or card stops the node before anything is
+    written; a picture in the input folder that is not a card is never replaced."""
     file_name = identity_file_name(name)
     path = os.path.join(save_folder(), file_name)
-    card_path = cards.card_output_path(file_name)
-    if card and not overwrite and os.path.lexists(card_path):
-        raise FileExistsError(exists_message(card_path))
+    card_paths = cards.card_save_paths(file_name)
+    if card:
+        cards.check_card_targets(card_paths, overwrite)
     ui = {"text": [save_identity(identity, path, overwrite)]}
     if card:
-        ui["images"] = [cards.save_card(identity, card_path, overwrite)]
+        ui["images"] = [cards.save_card(identity, card_paths, overwrite)]
+        ui["text"].append(f"card: {card_paths[0]} (Load identity card lists it as {os.path.basename(card_paths[0])}; "
+                          f"ComfyUI-Distributed copies it to its workers) and {card_paths[1]}")
     log.info("PuLID-Flux: saved %s (fingerprint %s)", file_name, short_fingerprint(identity.fingerprint))
     return {"ui": ui}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 
 import torch
@@ -84,3 +85,31 @@ def canonical_safetensors(data: bytes) -> bytes:
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+_REQUESTED = re.compile(rf"{FINGERPRINT_SCHEME}-[0-9a-f]{{{SHORT_LENGTH},32}}")
+
+
+class FingerprintValueError(ValueError):
+    """A fingerprint input (Load identity's `fingerprint` widget) that is neither empty nor a fingerprint."""
+
+
+def requested_fingerprint(value) -> str | None:
+    """Load identity's `fingerprint` input -> None (empty: no check, as in workflows saved before it existed) or the
+    fingerprint, whole or shortened as node text and logs show it (at least SHORT_LENGTH hex digits), in lower
+    case. Anything else raises FingerprintValueError."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text is None or not _REQUESTED.fullmatch(text):
+        shown = repr(value)[:60]
+        raise FingerprintValueError(
+            f"fingerprint {shown} is not an identity fingerprint ('{FINGERPRINT_SCHEME}-' and {SHORT_LENGTH} to 32 "
+            f"hex digits, as Load identity shows); pick the identity file again to fill it, or leave it empty to skip "
+            f"the check.")
+    return text
+
+
+def fingerprint_matches(actual: str, requested: str) -> bool:
+    """Whether the identity with fingerprint `actual` is the one `requested` (whole or shortened) names."""
+    return actual.lower().startswith(requested)

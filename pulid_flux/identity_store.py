@@ -113,14 +113,27 @@ def _link_new(tmp: str, path: str) -> None:
     os.replace(tmp, path)
 
 
-def missing_identity_message(name: str, folders: list[str]) -> str:
-    """What a server that lacks an identity answers (Load identity's validation): which identity, that this server
-    does not have it, and the three ways to give it the identity."""
+def _upload_command(name: str, server: str, overwrite: bool = False) -> str:
+    """The command that puts a local identity file on `server` under its own name (README: More GPUs and machines;
+    `curl -F file=@NAME SERVER/pulid_flux/identities` does the same)."""
+    return (f"`python -m pulid_tools queue GRAPH.json --identity {name} --keep-name"
+            f"{' --overwrite' if overwrite else ''} --server {server}`")
+
+
+def missing_identity_message(name: str, folders: list[str], server: str) -> str:
+    """What a server that lacks an identity answers (Load identity's validation, shown in the UI's error dialog, so
+    short): which identity, which server, and how to give it the file under the name the workflow uses."""
     target = folders[0] if folders else "models/pulid/identities"
-    return (f"identity '{name}' is not on this server (looked in {', '.join(folders) or target}). Fix, one of: "
-            f"(1) upload the identity file to this server: POST /pulid_flux/identities, or "
-            f"`python -m pulid_tools queue/batch --identity FILE` (it uploads it), or copy it into {target}; "
-            f"(2) use an identity card instead: Save identity's card (or `python -m pulid_tools identity --card`) in "
-            f"Load identity card, which ComfyUI uploads like any image (ComfyUI-Distributed copies it to every "
-            f"worker); (3) share one folder between servers: `pulid_identities: /shared/path` in each server's "
-            f"extra_model_paths.yaml. Then refresh the node list (press R).")
+    more = f" and {len(folders) - 1} more" if len(folders) > 1 else ""
+    return (f"identity '{name}' is not on server {server} (looked in {target}{more}). Fix: put the file there under "
+            f"this name ({_upload_command(name, server)}, with your workflow as GRAPH.json, or POST "
+            f"/pulid_flux/identities); or use Load identity card (ComfyUI-Distributed copies cards to workers); or "
+            f"share one pulid_identities folder (extra_model_paths.yaml). Then press R.")
+
+
+def stale_identity_message(name: str, found: str, wanted: str, server: str) -> str:
+    """What a server answers when its file of that name holds another identity than the workflow chose (the
+    fingerprint Load identity carries): both fingerprints and the fix."""
+    return (f"identity '{name}' on server {server} is not the one this workflow chose: fingerprint {found} here, "
+            f"{wanted} in the workflow. Fix: upload yours over it ({_upload_command(name, server, overwrite=True)}); "
+            f"or use Load identity card; or clear Load identity's fingerprint to use this server's file.")

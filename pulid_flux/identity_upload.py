@@ -3,7 +3,8 @@ write it with the identity writer. No ComfyUI imports (identity_routes.py regist
 is tested in process.
 
 Whatever a client sends gets 200 or a 4xx with {"error": message}: 400 (not multipart, a field twice, a bad name,
-not a valid identity, a body cut short or malformed), 409 (the name exists, overwrite not set), 413 (over the
+not a valid identity, a body cut short or malformed), 409 (the name exists, overwrite not set; the reply also gives
+both identities' fingerprints), 413 (over the
 limit, refused from Content-Length or a part's headers when they say so, else as soon as the limit is passed: the
 body is never read further than the limit). Only a server-side failure to write the file answers 5xx."""
 from __future__ import annotations
@@ -12,7 +13,7 @@ import errno
 import logging
 import os
 
-from .identity_file import MAX_FILE_BYTES, IdentityFileError, read_identity_bytes
+from .identity_file import MAX_FILE_BYTES, IdentityFileError, load_identity, read_identity_bytes
 from .identity_store import IdentityNameError, identity_file_name, write_file_atomically
 
 log = logging.getLogger("PuLID-Flux")
@@ -26,9 +27,9 @@ TOO_BIG = (f"identity upload refused: over the {MAX_FILE_BYTES // 2**20} MB limi
 
 
 class UploadError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, details: dict | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.details = status, details or {}
 
 
 def parse_overwrite(value: str | None) -> bool:
@@ -105,20 +106,30 @@ def store_upload(data: bytes, file_name: str | None, name: str | None, overwrite
     except IdentityNameError as e:
         raise UploadError(400, str(e)) from None
     try:
-        read_identity_bytes(data, target)
+        fingerprint = read_identity_bytes(data, target).fingerprint
     except IdentityFileError as e:
         raise UploadError(400, f"not a PuLID-Flux identity: {e}") from None
     path = os.path.join(folder, target)
     try:
         write_file_atomically(data, path, overwrite)
     except FileExistsError as e:
-        raise UploadError(409, f"{e} (send overwrite=true to replace it)") from None
+        raise UploadError(409, f"{e} (send overwrite=true to replace it)",
+                          {"fingerprint": fingerprint, "existing_fingerprint": _fingerprint_of(path)}) from None
     except OSError as e:  # the server's disk, not the client's request
         status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
         log.error("PuLID-Flux: cannot write the uploaded identity %s: %s", path, e)
         raise UploadError(status, f"the server cannot write {target} into {folder}: {e.strerror or e}") from None
     log.info("PuLID-Flux: identity uploaded to %s (%d bytes)", path, len(data))
-    return {"name": target, "bytes": len(data)}
+    return {"name": target, "bytes": len(data), "fingerprint": fingerprint}
+
+
+def _fingerprint_of(path: str) -> str | None:
+    """The fingerprint of the identity already in `path`, or None when it is no readable identity: a client told
+    that the name exists can tell the same identity (nothing to do) from another one (overwrite or rename)."""
+    try:
+        return load_identity(path).fingerprint
+    except (IdentityFileError, OSError):
+        return None
 
 
 async def handle_upload(request, folder: str):
@@ -137,7 +148,7 @@ async def handle_upload(request, folder: str):
         result = store_upload(fields["file"], fields.get("filename"), fields.get("name"),
                               parse_overwrite(fields.get("overwrite")), folder)
     except UploadError as e:
-        response = web.json_response({"error": str(e)}, status=e.status)
+        response = web.json_response({"error": str(e), **e.details}, status=e.status)
         if e.status == 413:
             response.force_close()  # the rest of the body is not read into memory; do not reuse the connection
         return response

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from support.aio_fake_comfy import FakeComfy, identity_bytes
+from support.aio_fake_comfy import FakeComfy, fake_fingerprint, identity_bytes
 from support.batch_fixtures import BASIC, IDENTITY_GRAPH, PNG, face, fake  # noqa: F401 - face, fake: fixtures
 from pulid_tools.comfy_http import api as comfy_api
 from pulid_tools.comfy_http import graph as graphs
@@ -100,6 +100,43 @@ def test_queue_identity_uploads_and_fills_the_load_identity_node(fake, tmp_path,
     assert main(["queue", BASIC, "--server", fake.url, "--identity", str(path), "--dry-run"]) == 2
     assert "--identity needs a PulidFluxLoadIdentity node" in capsys.readouterr().err
 
+
+
+def test_keep_name_uploads_under_the_files_own_name_and_never_replaces_another_identity(fake, tmp_path, capsys):
+    """--keep-name: the name a workflow saved on another server uses (dana.safetensors); the same identity there
+    is kept, another one is refused naming both fingerprints unless --overwrite; the graph carries the fingerprint."""
+    path = tmp_path / "dana.safetensors"
+    path.write_bytes(identity_bytes("dana"))
+    queue = ["queue", IDENTITY_GRAPH, "--server", fake.url, "--identity", str(path), "--keep-name", "--prompt", "x",
+             "--out", str(tmp_path / "out"), "--timeout", "20", "--quiet"]
+
+    def loads():
+        graph = fake.prompts[-1][1]
+        return [(n["inputs"]["identity_file"], n["inputs"]["fingerprint"]) for n in graph.values()
+                if n["class_type"] == "PulidFluxLoadIdentity"]
+
+    assert main(queue) == 0 and fake.identities == {"dana.safetensors": identity_bytes("dana")}
+    assert loads() == [("dana.safetensors", fake_fingerprint(identity_bytes("dana")))]
+    assert main(queue) == 0 and len(fake.prompts) == 2  # the same identity already there: used as it is
+    fake.identities["dana.safetensors"] = identity_bytes("stale")  # another person under that name
+    capsys.readouterr()
+    assert main(queue) == 1 and len(fake.prompts) == 2
+    err = capsys.readouterr().err
+    assert (f"already has another dana.safetensors (fingerprint {fake_fingerprint(identity_bytes('stale'))}; yours "
+            f"is {fake_fingerprint(identity_bytes('dana'))}): give --overwrite") in err, err
+    assert fake.identities["dana.safetensors"] == identity_bytes("stale")
+    assert main(queue + ["--overwrite"]) == 0 and fake.identities["dana.safetensors"] == identity_bytes("dana")
+    prompts = write(tmp_path / "p.txt", "a knight\n")
+    fake.identities["dana.safetensors"] = identity_bytes("stale")
+    batch = ["batch", IDENTITY_GRAPH, "--server", fake.url, "--identity", str(path), "--keep-name", "--prompts",
+             prompts, "--out", str(tmp_path / "batch"), "--timeout", "20", "--quiet"]
+    assert main(batch) == 1 and "give --overwrite" in capsys.readouterr().err
+    assert main(batch + ["--overwrite"]) == 0 and loads() == [("dana.safetensors", fake_fingerprint(identity_bytes("dana")))]
+    for bad in (["--overwrite"], ["--keep-name"]):
+        args = ["queue", IDENTITY_GRAPH, "--dry-run", *bad] + ([] if bad == ["--keep-name"] else
+                                                               ["--identity", str(path)])
+        assert main(args) == 2
+    assert "--overwrite goes with --keep-name" in capsys.readouterr().err
 
 
 def test_an_identity_card_works_wherever_an_identity_file_does(fake, tmp_path, capsys):

@@ -6,6 +6,9 @@ a server without the identity refuses the prompt with the pack's message; each s
 import io
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -56,6 +59,13 @@ def media_sync_upload(server, file_name: str, data: bytes) -> str:
                                                         {"image": (file_name, data, "image/png")}))
     assert status == 200, reply
     return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
+
+
+def media_sync_read(server, value: str) -> bytes:
+    """What media sync sends for a workflow's `image` value: ' [output]' (any annotation) dropped, the file read
+    from the master's input folder (its folder_paths.get_annotated_filepath without an annotation)."""
+    name = re.sub(r"\s*\[\w+\]$", "", value).strip()
+    return output_file(server, {"filename": name, "subfolder": "", "type": "input"})
 
 
 def upload_identity_file(server, name: str, data: bytes) -> None:
@@ -155,7 +165,13 @@ def test_a_card_made_on_one_server_and_media_synced_to_another_samples_bit_ident
     card = output_file(first, shown)
     assert card == identity_card_bytes(identity)  # the card holds the file's exact bytes: same card everywhere
 
-    on_second = media_sync_upload(second, "alice copy.png", card)
+    # Media sync reads what the workflow names from the master's input folder, with any ' [output]' dropped, so
+    # the card must be there too: whether chosen as 'alice copy.png' or 'alice copy.png [output]', it travels.
+    for chosen in ("alice copy.png", "alice copy.png [output]"):
+        assert run(first, card_preview(chosen))["status"]["status_str"] == "success"
+    synced = media_sync_read(first, "alice copy.png [output]")
+    assert synced == card
+    on_second = media_sync_upload(second, "alice copy.png", synced)
     from_file = sampled_latent(first, sampling_graph(load_file("alice.safetensors")))
     from_card = sampled_latent(second, sampling_graph(load_card(on_second)))
     assert from_file.shape == (1, 16, 8, 8) and torch.equal(from_card, from_file)
@@ -193,13 +209,136 @@ def server_still_serves(server) -> bool:
     return bool(server.get_json("/system_stats"))
 
 
+MAX_MESSAGE_CHARS = 600  # readable in the frontend's error dialog; a Distributed master shows it per worker
+
+
+def refusal(server, graph: dict, node: str = "1") -> str:
+    """The pack's message in the 400 a client (the UI, a Distributed master) gets from POST /prompt for `node`."""
+    status, reply = queue(server, graph)
+    assert status == 400, reply
+    error, *others = reply["node_errors"][node]["errors"]
+    # ComfyUI files a refusal once per input VALIDATE_INPUTS takes (identity_file, fingerprint): only the first holds it
+    assert [e["details"] for e in others] == [f"{e['extra_info']['input_name']} - (the refusal given for "
+                                              f"{error['extra_info']['input_name']})" for e in others], others
+    prefix = f"{error['extra_info']['input_name']} - "
+    assert error["details"].startswith(prefix), error
+    message = error["details"][len(prefix):]
+    # the pack's message comes first and once in what ComfyUI sends, and is short enough to read
+    assert len(message) < MAX_MESSAGE_CHARS and json.dumps(reply).count(json.dumps(message)[1:-1]) <= 2, reply
+    assert message.count(" Fix") == 1 and "Value not in list" not in json.dumps(reply)
+    return message
+
+
+def preview_graph(identity_node: dict) -> dict:
+    """Load identity (or card) and a Preview Image of its preview: a prompt with an image and no sampling."""
+    return {"1": identity_node, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 1]}}}
+
+
+def pulid_tools(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=S.H.REPO_ROOT)
+    return subprocess.run([sys.executable, "-m", "pulid_tools", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT_S)
+
+
+def command_in(message: str) -> list[str]:
+    """The `python -m pulid_tools ...` command a message recommends, as arguments after `-m pulid_tools`."""
+    (command,) = re.findall(r"`python -m pulid_tools ([^`]+)`", message)
+    return command.split()
+
+
+def last_prompt(server) -> dict:
+    history = server.get_json("/history")
+    entry = max(history.values(), key=lambda e: e["prompt"][0])  # the highest queue number
+    return entry["prompt"][2]
+
+
 def test_a_server_without_the_identity_refuses_the_prompt_saying_how_to_fix_it(servers):
     _, second = servers
-    status, reply = queue(second, sampling_graph(load_file("bob.safetensors")))
-    assert status == 400, reply
-    (error,) = reply["node_errors"]["3"]["errors"]
-    details = error["details"]
-    assert details.startswith("identity_file - identity 'bob.safetensors' is not on this server"), details
-    for fix in ("POST /pulid_flux/identities", "Load identity card", "pulid_identities", "extra_model_paths.yaml"):
-        assert fix in details, fix
-    assert "Value not in list" not in json.dumps(reply)  # ComfyUI's own list check gave way to the pack's message
+    message = refusal(second, sampling_graph(load_file("bob.safetensors")), node="3")
+    assert message.startswith(f"identity 'bob.safetensors' is not on server "), message
+    assert second.url in message  # the server that refused, as ComfyUI listens (a master shows several)
+    for fix in ("--keep-name", "/pulid_flux/identities", "Load identity card", "pulid_identities",
+                "extra_model_paths.yaml"):
+        assert fix in message, fix
+    # a card chosen from the master's output folder, not synced: the folder looked in and the one step
+    card_message = refusal(second, card_preview("gone.png [output]"))
+    assert card_message.startswith("identity card 'gone.png [output]' is not in the output folder of server ")
+    assert second.url in card_message and "choose 'gone.png' in Load identity card's list" in card_message
+
+
+def test_the_readme_fix_makes_a_refused_job_run_on_a_worker_without_the_identity(servers, identity, tmp_path):
+    """A workflow made on the master names dana.safetensors; the worker refuses it and recommends a command; that
+    command, exactly as the message and README give it, puts the file there under that name, and the master's
+    workflow then runs on the worker (no content-addressed name that the workflow does not use)."""
+    from pulid_flux.identity_file import identity_bytes
+
+    first, second = servers
+    data = identity_bytes(identity)
+    upload_identity_file(first, "dana.safetensors", data)
+    made_on_master = preview_graph(dict(load_file("dana.safetensors"), inputs={
+        "identity_file": "dana.safetensors", "fingerprint": identity.fingerprint}))
+    assert run(first, made_on_master)["status"]["status_str"] == "success"
+    message = refusal(second, made_on_master)
+    args = command_in(message)
+    assert args == ["queue", "GRAPH.json", "--identity", "dana.safetensors", "--keep-name", "--server", second.url]
+    (tmp_path / "dana.safetensors").write_bytes(data)  # the user's copy of the file, in the folder they run from
+    (tmp_path / "GRAPH.json").write_text(json.dumps(made_on_master))  # the workflow, exported in API format
+    result = pulid_tools(args + ["--out", "out", "--quiet"], tmp_path)
+    assert result.returncode == 0, (result.stderr, second.log_tail())
+    assert last_prompt(second)["1"]["inputs"] == {"identity_file": "dana.safetensors",
+                                                  "fingerprint": identity.fingerprint}  # filled by the client
+    entry = run(second, made_on_master)  # the master's workflow, unchanged, as ComfyUI-Distributed sends it
+    assert entry["status"]["status_str"] == "success", (entry["status"], second.log_tail())
+    assert f"dana.safetensors: fingerprint {identity.fingerprint}" in second.log_tail(200_000)  # what it loaded
+    assert pulid_tools(args + ["--out", "out", "--quiet"], tmp_path).returncode == 0  # again: the same, kept
+
+
+def test_a_stale_identity_file_on_a_worker_is_refused_naming_both_fingerprints(servers, identity, tmp_path):
+    """The worker holds another person under the master's file name: a workflow carrying the master's fingerprint
+    is refused there, a workflow without one (saved before the fingerprint existed) still runs, and the upload the
+    message recommends (--keep-name --overwrite) makes it run."""
+    from pulid_flux.identity import build_identity
+    from pulid_flux.identity_file import identity_bytes
+
+    first, second = servers
+    g = torch.Generator().manual_seed(99)
+    other = build_identity(torch.randn(1, 32, 2048, generator=g), torch.randn(1, 32, 2048, generator=g),
+                           torch.randn(1, 512, generator=g), torch.rand(1, 64, 128, 3, generator=g),
+                           pulid_file="pulid_flux_v0.9.1.safetensors", pulid_fingerprint="0" * 32, fusion="mean")
+    assert other.fingerprint != identity.fingerprint
+    upload_identity_file(first, "erin.safetensors", identity_bytes(identity))
+    upload_identity_file(second, "erin.safetensors", identity_bytes(other))  # the stale copy on the worker
+    status, reply = first.get_status_json("/pulid_flux/identities/fingerprint?name=erin.safetensors")
+    assert (status, reply) == (200, {"name": "erin.safetensors", "fingerprint": identity.fingerprint})
+    status, reply = first.get_status_json("/pulid_flux/identities/fingerprint?name=nobody.safetensors")
+    assert (status, reply["fingerprint"]) == (200, None) and "is not on this server" in reply["error"]
+    assert first.get_status_json("/pulid_flux/identities/fingerprint")[0] == 400
+
+    chosen = {"identity_file": "erin.safetensors", "fingerprint": identity.fingerprint}
+
+    def graph():  # a new output file name each time, so no run is answered from ComfyUI's cache
+        return sampling_graph({"class_type": "PulidFluxLoadIdentity", "inputs": dict(chosen)})
+
+    message = refusal(second, graph(), node="3")
+    assert message.startswith("identity 'erin.safetensors' on server ") and second.url in message, message
+    assert f"fingerprint {other.fingerprint} here, {identity.fingerprint} in the workflow" in message, message
+    assert "--keep-name --overwrite" in message and "Load identity card" in message
+    short = dict(chosen, fingerprint=identity.fingerprint[:18])  # as node text and logs show it
+    assert identity.fingerprint[:18] in refusal(second, preview_graph({"class_type": "PulidFluxLoadIdentity",
+                                                                       "inputs": short}))
+
+    old_workflow = sampling_graph(load_file("erin.safetensors"))  # no fingerprint input: runs as before
+    assert sampled_latent(second, old_workflow).shape == (1, 16, 8, 8)
+    assert sampled_latent(first, graph()).shape == (1, 16, 8, 8)  # the master's own file matches
+
+    (tmp_path / "erin.safetensors").write_bytes(identity_bytes(identity))
+    (tmp_path / "GRAPH.json").write_text(json.dumps(preview_graph(load_file("erin.safetensors"))))
+    args = command_in(message)
+    assert args[-3:] == ["--overwrite", "--server", second.url]
+    refused = pulid_tools(args[:-3] + ["--server", second.url, "--out", "out", "--quiet"], tmp_path)
+    assert refused.returncode == 1 and (f"already has another erin.safetensors (fingerprint {other.fingerprint}; "
+                                        f"yours is {identity.fingerprint}): give --overwrite") in refused.stderr
+    result = pulid_tools(args + ["--out", "out", "--quiet"], tmp_path)
+    assert result.returncode == 0, (result.stderr, second.log_tail())
+    assert last_prompt(second)["1"]["inputs"]["fingerprint"] == identity.fingerprint
+    assert torch.equal(sampled_latent(second, graph()), sampled_latent(first, graph()))

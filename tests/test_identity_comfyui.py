@@ -220,15 +220,19 @@ def comfy_dirs(env, tmp_path, monkeypatch):
 
 
 def test_save_writes_a_card_that_load_identity_card_reads_as_the_file(env, comfy_dirs, caplog):
-    import shutil
-
     card_module = env.pack.pulid_flux.identity_card
     identity, _ = encode(env)
+    (comfy_dirs / "input" / "photo of me.png").write_bytes(b"\x89PNG\r\n\x1a\n a photo, not a card")
+    with pytest.raises(FileExistsError, match="photo of me.png in .*input is a picture that is not an identity card"):
+        env.N["PulidFluxSaveIdentity"]().save(identity, "photo of me", True, True)  # even with overwrite
+    assert not os.path.exists(os.path.join(env.identities, "photo of me.safetensors"))  # checked before writing
     result = env.N["PulidFluxSaveIdentity"]().save(identity, "carded", True, True)
     assert result["ui"]["images"] == [{"filename": "carded.png", "subfolder": "", "type": "output"}]
     with open(os.path.join(env.identities, "carded.safetensors"), "rb") as f:
         assert card_module.read_card((comfy_dirs / "output" / "carded.png").read_bytes(), "c").identity_bytes == f.read()
-    shutil.copy(comfy_dirs / "output" / "carded.png", comfy_dirs / "input" / "carded.png")  # as an upload puts it
+    # the same card in the input folder: Load identity card lists it, ComfyUI-Distributed's media sync finds it
+    assert (comfy_dirs / "input" / "carded.png").read_bytes() == (comfy_dirs / "output" / "carded.png").read_bytes()
+    assert str(comfy_dirs / "input" / "carded.png") in result["ui"]["text"][1]
     node = env.N["PulidFluxLoadIdentityCard"]
     (files, options), = node.INPUT_TYPES()["required"].values()
     assert list(node.INPUT_TYPES()["required"]) == ["image"] and "carded.png" in files and options["image_upload"]
@@ -255,15 +259,45 @@ def test_save_writes_a_card_that_load_identity_card_reads_as_the_file(env, comfy
 
 def test_missing_identities_and_cards_are_named_at_validation(env, comfy_dirs):
     message = env.N["PulidFluxLoadIdentity"].VALIDATE_INPUTS("nobody.safetensors")
-    assert message.startswith("identity 'nobody.safetensors' is not on this server (looked in " + env.identities)
-    assert "POST /pulid_flux/identities" in message and "extra_model_paths.yaml" in message
-    env.N["PulidFluxSaveIdentity"]().save(encode(env)[0], "somebody", True)
-    assert env.N["PulidFluxLoadIdentity"].VALIDATE_INPUTS("somebody.safetensors") is True
+    assert message.startswith("identity 'nobody.safetensors' is not on server ") and len(message) < 600, message
+    assert f"(looked in {env.identities}" in message and "extra_model_paths.yaml" in message
+    assert "--identity nobody.safetensors --keep-name" in message and "/pulid_flux/identities" in message
+    somebody = encode(env)[0]
+    env.N["PulidFluxSaveIdentity"]().save(somebody, "somebody", True)
+    load = env.N["PulidFluxLoadIdentity"]
+    assert load.VALIDATE_INPUTS("somebody.safetensors") is True
+    assert list(load.INPUT_TYPES()["optional"]) == ["fingerprint"]  # after identity_file: old workflows still load
+    for same in (somebody.fingerprint, somebody.fingerprint[:18].upper(), ""):
+        assert load.VALIDATE_INPUTS("somebody.safetensors", same) is True, same
+    wanted = "pfid1-" + "0" * 32
+    stale = load.VALIDATE_INPUTS("somebody.safetensors", wanted)
+    assert f"fingerprint {somebody.fingerprint} here, {wanted} in the workflow" in stale, stale
+    assert "is not an identity fingerprint" in load.VALIDATE_INPUTS("somebody.safetensors", "alice")
+    with pytest.raises(ValueError, match="is not the one this workflow chose"):  # replaced after validation
+        load().load("somebody.safetensors", wanted)
+    assert load().load("somebody.safetensors", somebody.fingerprint)["result"][0].fingerprint == somebody.fingerprint
+    reply = env.pack.comfy_layer.routes.fingerprint_reply  # GET /pulid_flux/identities/fingerprint?name=...
+    assert reply("somebody.safetensors") == (200, {"name": "somebody.safetensors", "fingerprint": somebody.fingerprint})
+    assert reply("")[0] == reply(None)[0] == 400
+    for name in ("../somebody.safetensors", "nobody.safetensors"):  # a lookup: no 4xx in the browser's console
+        assert reply(name) == (200, {"name": name, "fingerprint": None,
+                                     "error": f"identity {name!r} is not on this server"}), name
+    with open(os.path.join(env.identities, "broken.safetensors"), "wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    status, body = reply("broken.safetensors")
+    assert (status, body["fingerprint"]) == (200, None) and body["error"].startswith("broken.safetensors: ")
+    assert load.VALIDATE_INPUTS("broken.safetensors", wanted).startswith("broken.safetensors: ")
+    os.remove(os.path.join(env.identities, "broken.safetensors"))
     node = env.N["PulidFluxLoadIdentityCard"]
     (comfy_dirs / "outside.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     for bad in ("nope.png", "../outside.png", "", 5):
-        assert "is not in this server's input folder" in node.VALIDATE_INPUTS(bad), bad
-    with pytest.raises(ValueError, match="^outside.png: is not in this server's input folder") as e:
+        assert f"is not in the input folder of server " in node.VALIDATE_INPUTS(bad), bad
+        assert f"({comfy_dirs / 'input'})" in node.VALIDATE_INPUTS(bad), bad
+    message = node.VALIDATE_INPUTS("elsewhere.png [output]")
+    assert f"is not in the output folder of server " in message and f"({comfy_dirs / 'output'})" in message
+    assert "Fix: a card in an output folder is not copied to other servers" in message
+    assert "choose 'elsewhere.png' in Load identity card's list" in message
+    with pytest.raises(ValueError, match="^outside.png: is not in the input folder of server ") as e:
         node().load("../outside.png")
     assert "file: ../outside.png" in str(e.value) and "Fix: upload the card to this server" in str(e.value) and node.IS_CHANGED("nope.png") == "missing"
     (comfy_dirs / "input" / "photo.png").write_bytes((comfy_dirs / "outside.png").read_bytes() + b"\0" * 30)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load, save
 
 from pulid_flux import identity_file as fmt
-from pulid_flux.identity_fingerprint import (FINGERPRINT_META_KEYS, canonical_safetensors, identity_fingerprint,
+from pulid_flux.identity_fingerprint import (FINGERPRINT_META_KEYS, FingerprintValueError, canonical_safetensors,
+                                             fingerprint_matches, identity_fingerprint, requested_fingerprint,
                                              short_fingerprint)
 from support.identity_samples import make_full_size_identity
 
@@ -133,3 +134,27 @@ def test_canonical_bytes_are_the_same_in_another_process():
 def test_canonical_bytes_refuse_what_is_not_safetensors(data):
     with pytest.raises(ValueError, match="not a safetensors file"):
         canonical_safetensors(data)
+
+
+# --- Load identity's fingerprint input ------------------------------------------------------------------------
+def test_the_fingerprint_input_takes_a_whole_or_shortened_fingerprint_or_nothing():
+    assert requested_fingerprint("") is None and requested_fingerprint("  ") is None and requested_fingerprint(None) is None
+    assert requested_fingerprint(f" {GOLDEN.upper()} ") == GOLDEN  # pasted with spaces, in capitals
+    short = short_fingerprint(GOLDEN)
+    assert requested_fingerprint(short) == short and fingerprint_matches(GOLDEN, short)
+    assert not fingerprint_matches("pfid1-" + "0" * 32, short) and fingerprint_matches(GOLDEN, GOLDEN)
+    for bad in ("pfid1-75dc3ba6981", "75dc3ba6981f931e35fc1593d47dcfee", GOLDEN + "0", "pfid2-" + "0" * 32, 5, ["x"]):
+        with pytest.raises(FingerprintValueError, match="is not an identity fingerprint .*leave it empty"):
+            requested_fingerprint(bad)
+
+
+@given(st.one_of(st.none(), st.text(max_size=80), st.integers(), st.floats(), st.binary(max_size=20),
+                 st.lists(st.text(max_size=5), max_size=3), st.from_regex(r"\s*pfid1-[0-9a-fA-F]{10,34}\s*")))
+def test_the_fingerprint_input_parser_is_total(value):
+    """Whatever a workflow or API client sends: no check (None), a fingerprint to compare, or its own error."""
+    try:
+        result = requested_fingerprint(value)
+    except FingerprintValueError as e:
+        assert "is not an identity fingerprint" in str(e)
+        return
+    assert result is None or (result.startswith("pfid1-") and 18 <= len(result) <= 38 and result == result.lower())

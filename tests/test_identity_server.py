@@ -61,9 +61,13 @@ def identities_folder(server):
 
 
 def test_upload_list_and_no_overwrite_without_the_flag(server, identity_bytes):
+    from pulid_flux.identity_file import read_identity_bytes
+
+    fingerprint = read_identity_bytes(identity_bytes).fingerprint  # the route reports it, for Load identity's input
     assert server.get_json(ROUTE) == {"identities": []}
     assert post(server, "alice.safetensors", identity_bytes) == (200, {"name": "alice.safetensors",
-                                                                      "bytes": len(identity_bytes)})
+                                                                      "bytes": len(identity_bytes),
+                                                                      "fingerprint": fingerprint})
     with open(os.path.join(identities_folder(server), "alice.safetensors"), "rb") as f:
         assert f.read() == identity_bytes
     assert server.get_json(ROUTE) == {"identities": ["alice.safetensors"]}
@@ -71,7 +75,7 @@ def test_upload_list_and_no_overwrite_without_the_flag(server, identity_bytes):
     assert status == 409 and "alice.safetensors already exists" in body["error"] and "overwrite=true" in body["error"]
     assert post(server, "ignored.safetensors", identity_bytes, name="bob", overwrite="false")[0] == 200
     assert post(server, "x.safetensors", identity_bytes, name="bob", overwrite="true") == (
-        200, {"name": "bob.safetensors", "bytes": len(identity_bytes)})
+        200, {"name": "bob.safetensors", "bytes": len(identity_bytes), "fingerprint": fingerprint})
     assert server.get_json(ROUTE) == {"identities": ["alice.safetensors", "bob.safetensors"]}
 
 

@@ -25,9 +25,17 @@ def upload(server, file_name, data, **fields):
 
 
 def test_a_valid_upload_is_written_once(server):
-    assert upload(server, "valid.safetensors", GOOD) == (200, {"name": "valid.safetensors", "bytes": len(GOOD)})
+    fingerprint = fmt.read_identity_bytes(GOOD).fingerprint
+    assert upload(server, "valid.safetensors", GOOD) == (200, {"name": "valid.safetensors", "bytes": len(GOOD),
+                                                                "fingerprint": fingerprint})
     status, body = upload(server, "valid.safetensors", GOOD)
     assert status == 409 and "valid.safetensors already exists" in body["error"] and "overwrite=true" in body["error"]
+    # a client told the name exists learns whether the file there is the same identity (both fingerprints)
+    assert (body["fingerprint"], body["existing_fingerprint"]) == (fingerprint, fingerprint)
+    other = fmt.identity_bytes(make_small_identity(7))
+    status, body = upload(server, "valid.safetensors", other)
+    assert status == 409 and body["fingerprint"] == fmt.read_identity_bytes(other).fingerprint != fingerprint
+    assert body["existing_fingerprint"] == fingerprint
     assert upload(server, "x.safetensors", GOOD, name="valid", overwrite="true")[0] == 200
     assert open(os.path.join(server.folder, "valid.safetensors"), "rb").read() == GOOD
 

@@ -29,7 +29,8 @@ import time
 from ..comfy_http import graph as graphs
 from ..comfy_http.api import REPLY_TIMEOUT_S, ServerURLError, identity_file_bytes, parse_server
 from .runner import BatchRunner, first_line
-from ..client.command import DEFAULT_SERVER, server_from_environment
+from ..client.command import (DEFAULT_SERVER, add_identity_upload_arguments, identity_upload_problem,
+                              server_from_environment)
 from .jobs import make_jobs
 from .manifest import REJECTED, Manifest, OutputError, check_output_folder, read_manifest
 
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "and put into the Load identity node")
     who.add_argument("--face", action="append", default=[], metavar="PHOTO",
                      help="reference photo for the LoadImage nodes in node id order (repeatable)")
+    add_identity_upload_arguments(parser)
     parser.add_argument("--prompts", required=True, metavar="FILE", help="prompts: text (one a line) or JSONL")
     parser.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 for every prompt (default 1)")
     parser.add_argument("--out", required=True, metavar="DIR", help="images and manifest.jsonl")
@@ -122,6 +124,9 @@ def run(args) -> int:
             raise graphs.GraphError(f"file not found: {', '.join(missing)}")
         if args.identity:
             identity_file_bytes(args.identity)  # a card's identity is read before anything is sent
+        problem = identity_upload_problem(args)
+        if problem:
+            raise graphs.GraphError(problem)
         if args.seeds < 1 or args.per_server < 1 or (args.keep_best is not None and args.keep_best < 1):
             raise graphs.GraphError("--seeds, --per-server and --keep-best must be 1 or more")
         if not (0 < args.reply_timeout < float("inf") and args.timeout > 0) or args.retries < 1:
@@ -150,6 +155,7 @@ def _run_jobs(args, jobs, duplicates, servers, manifest) -> int:
           file=sys.stderr, flush=True)
     progress = Progress(len(todo), args.quiet)
     runner = BatchRunner(servers, todo, manifest, per_server=args.per_server, identity=args.identity,
+                         keep_name=args.keep_name, overwrite=args.overwrite,
                          timeout=args.timeout, reply_timeout=args.reply_timeout, strikes_to_drop=args.retries,
                          log=progress.log, on_change=progress.update)
     progress.runner = runner

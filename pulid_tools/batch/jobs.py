@@ -178,11 +178,13 @@ def fill_job(graph: dict, entry: dict, seed, overrides: list) -> None:
         graphs.set_input(graph, node, name, value)
 
 
-def server_graph(job: Job, image_names: dict, identity_name: str | None) -> dict:
-    """The job's graph for one server: the placeholders replaced by that server's upload names."""
+def server_graph(job: Job, image_names: dict, identity_name: str | None,
+                 identity_fingerprint: str | None = None) -> dict:
+    """The job's graph for one server: the placeholders replaced by that server's upload names (and the identity's
+    fingerprint, so the server checks its file holds that identity)."""
     graph = copy.deepcopy(job.graph)
     if job.faces:
         graphs.set_images(graph, [image_names[p] for p in job.faces])
     if identity_name is not None:
-        graphs.set_identity(graph, identity_name)
+        graphs.set_identity(graph, identity_name, identity_fingerprint)
     return graph

@@ -42,6 +42,7 @@ class Server:
     last_error: str | None = None
     image_names: dict = field(default_factory=dict)
     identity_name: str | None = None
+    identity_fingerprint: str | None = None
     lock: asyncio.Lock | None = None
     probe_lock: asyncio.Lock | None = None
 
@@ -74,12 +75,14 @@ def _ignore(*_):
 
 class BatchRunner:
     def __init__(self, servers: list[str], jobs: list[Job], manifest: Manifest, *, per_server: int = 1,
-                 identity: str | None = None, timeout: float = 1200.0, reply_timeout: float = REPLY_TIMEOUT_S,
+                 identity: str | None = None, keep_name: bool = False, overwrite: bool = False,
+                 timeout: float = 1200.0, reply_timeout: float = REPLY_TIMEOUT_S,
                  strikes_to_drop: int = 3, max_attempts: int = 4, backoff_s: float = 1.0,
                  log: Callable[[str], None] = _ignore, on_change: Callable[[], None] = _ignore):
         self.servers = [Server(parse_server(s)) for s in servers]
         self.pending = deque(jobs)
         self.manifest, self.per_server, self.identity = manifest, per_server, identity
+        self.keep_name, self.overwrite = keep_name, overwrite
         self.timeout, self.reply_timeout = timeout, reply_timeout
         self.strikes_to_drop, self.max_attempts, self.backoff_s = strikes_to_drop, max_attempts, backoff_s
         self.log, self.on_change = log, on_change
@@ -197,7 +200,8 @@ class BatchRunner:
                 if path not in server.image_names:
                     server.image_names[path] = await api.upload_image(path)
             if self.identity and server.identity_name is None:
-                server.identity_name = await api.upload_identity(self.identity)
+                uploaded = await api.upload_identity_file(self.identity, self.keep_name, self.overwrite)
+                server.identity_name, server.identity_fingerprint = uploaded.name, uploaded.fingerprint
         return server.image_names
 
     async def _run_job(self, api: ComfyAPI, server: Server, job: Job, ws):
@@ -225,7 +229,7 @@ class BatchRunner:
                     raise
                 except ComfyError:
                     ws = None  # follow on /history instead
-            graph = server_graph(job, names, server.identity_name)
+            graph = server_graph(job, names, server.identity_name, server.identity_fingerprint)
             entry = await run_prompt(api, graph, self.timeout, ws=ws, on_queued=queued)
             files = await self._save(api, job, entry)
             entry_scores = scores_of(entry)

@@ -1,6 +1,7 @@
 """`python -m pulid_tools queue GRAPH.json ...`: run an API graph on a ComfyUI server without the browser.
 
-Uploads the reference photos (or an identity file), fills prompt/seed/weight (where they go: below), queues
+Uploads the reference photos (or an identity file: under a name with its hash, or with --keep-name under its own
+name, as workflows saved on another server name it), fills prompt/seed/weight (where they go: below), queues
 the prompt, follows the progress on ComfyUI's websocket (or polls /history if the websocket is unavailable),
 downloads the images and exits 0; exits 1 with ComfyUI's own error message when the prompt is refused
 (HTTP 400, node_errors), when ComfyUI drops an output as invalid (HTTP 200 with node_errors: the prompt is
@@ -18,7 +19,7 @@ import time
 
 from ..comfy_http import graph as graphs
 from ..comfy_http.api import (REPLY_TIMEOUT_S, ComfyAPI, ComfyError, ServerURLError, identity_file_bytes,
-                               parse_server)
+                               own_identity_name, parse_server)
 from ..batch.manifest import OutputError, check_output_folder, os_reason
 from ..comfy_http.websocket import run_prompt
 
@@ -83,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identity", metavar="FILE", help="identity file (.safetensors from Save identity or "
                         "`python -m pulid_tools identity`) or identity card (.png), uploaded to the server and put "
                         "into the Load identity node")
+    add_identity_upload_arguments(parser)
     parser.add_argument("--prompt", help="text of the node titled '... positive ...'")
     parser.add_argument("--negative", help="text of the node titled '... negative ...'")
     parser.add_argument("--seed", type=int, help="every seed / noise_seed input")
@@ -97,6 +99,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the filled graph and exit; contacts nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress, only the saved files and errors")
     parser.add_argument("--verbose", action="store_true", help="also print the server's traceback on errors")
+
+
+def add_identity_upload_arguments(parser: argparse.ArgumentParser) -> None:
+    """--keep-name and --overwrite (queue and batch)."""
+    parser.add_argument("--keep-name", action="store_true",
+                        help="upload --identity under its own file name (dana.safetensors; a card dana.png as "
+                             "dana.safetensors), the name workflows saved on another server use, instead of a "
+                             "name with its hash; a different identity of that name on the server is refused")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --keep-name: replace a different identity of that name on the server")
+
+
+def identity_upload_problem(args) -> str | None:
+    if args.overwrite and not args.keep_name:
+        return "--overwrite goes with --keep-name (uploads under a name with the file's hash never overwrite)"
+    if args.keep_name and not args.identity:
+        return "--keep-name needs --identity FILE"
+    return None
 
 
 def fill(graph: dict, args, image_names: list[str]) -> None:
@@ -128,7 +148,8 @@ async def queue_graph(args, graph: dict) -> list[str]:
         reporter = Reporter(graph, quiet=args.quiet)
         fill(graph, args, [await api.upload_image(p) for p in args.face])
         if args.identity:
-            graphs.set_identity(graph, await api.upload_identity(args.identity))
+            uploaded = await api.upload_identity_file(args.identity, args.keep_name, args.overwrite)
+            graphs.set_identity(graph, uploaded.name, uploaded.fingerprint)
         start = time.monotonic()
         entry = await run_prompt(api, graph, args.timeout, on_event=reporter.message, log=reporter.line,
                                  verbose=args.verbose)
@@ -163,8 +184,12 @@ def run(args) -> int:
             identity_file_bytes(args.identity)  # a card's identity is read before anything is sent
         if len(args.face) > len(graphs.image_nodes(graph)):  # before uploading anything
             graphs.set_images(graph, args.face)
+        problem = identity_upload_problem(args)
+        if problem:
+            raise graphs.GraphError(problem)
         if args.identity:
-            graphs.set_identity(graph, os.path.basename(args.identity))
+            graphs.set_identity(graph, own_identity_name(args.identity) if args.keep_name else
+                                os.path.basename(args.identity))
         if args.dry_run:
             fill(graph, args, [os.path.basename(p) for p in args.face])
             print(json.dumps(graph, indent=2))

@@ -3,6 +3,7 @@ interrupting, and the error messages users see. The prompt's life on the websock
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import mimetypes
@@ -112,6 +113,20 @@ def identity_upload_name(path: str, content: bytes | None = None) -> str:
     return f"{stem[:60]}-{hashlib.sha256(content).hexdigest()[:12]}.safetensors"
 
 
+def own_identity_name(path: str) -> str:
+    """The name --keep-name uploads under: the file's own name with .safetensors (dana.safetensors, or dana.png ->
+    dana.safetensors); the server checks it against the identity name rule."""
+    stem = os.path.basename(path)
+    stem = stem[:-len(".safetensors")] if stem.endswith(".safetensors") else os.path.splitext(stem)[0]
+    return stem + ".safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadedIdentity:
+    name: str                   # for Load identity's identity_file
+    fingerprint: str | None     # for its fingerprint input (None: the server did not say)
+
+
 class ComfyAPI:
     """`async with ComfyAPI(url) as api:` one aiohttp session per server; connection problems raise
     ServerUnavailable with a message naming the server."""
@@ -189,17 +204,33 @@ class ComfyAPI:
         return status, reply if isinstance(reply, dict) else {}
 
     async def upload_identity(self, path: str) -> str:
-        """Upload an identity file (or the one inside a card) through the pack's route under a content-addressed name
-        (identity_upload_name), so an existing file of that name holds the same bytes: it is then
-        overwritten with them (a no-op that also repairs a damaged copy). Returns the name for
-        PulidFluxLoadIdentity's identity_file."""
+        """Upload an identity file (or the one inside a card) under its content-addressed name; returns the name
+        for PulidFluxLoadIdentity's identity_file (upload_identity_file says more)."""
+        return (await self.upload_identity_file(path)).name
+
+    async def upload_identity_file(self, path: str, keep_name: bool = False,
+                                   overwrite: bool = False) -> UploadedIdentity:
+        """Upload an identity file (or the one inside a card) through the pack's route. By default under a
+        content-addressed name (identity_upload_name), so an existing file of that name holds the same bytes: it is
+        then overwritten with them (a no-op that also repairs a damaged copy). With `keep_name`, under the file's
+        own name (dana.safetensors; a card dana.png gives dana.safetensors), the name workflows saved on another
+        server use: a file of that name holding the same identity is kept, another identity is refused unless
+        `overwrite`. Returns the name and the identity's fingerprint (None from servers older than the field)."""
         content = identity_file_bytes(path)
-        name = identity_upload_name(path, content)
-        status, reply = await self._post_identity(path, content, name, overwrite=False)
+        name = own_identity_name(path) if keep_name else identity_upload_name(path, content)
+        status, reply = await self._post_identity(path, content, name, overwrite=overwrite)
+        if status == 409 and keep_name:
+            theirs, ours = reply.get("existing_fingerprint"), reply.get("fingerprint")
+            if ours and theirs == ours:  # the same identity is already there under that name
+                return UploadedIdentity(name, ours)
+            which = (f"another {name} (fingerprint {theirs or 'unreadable'}; yours is {ours})" if ours else
+                     f"a {name} (an older pack there does not say whether it is the same identity)")
+            raise ComfyError(f"{self.base} already has {which}: give --overwrite to replace it with yours, or rename "
+                             f"your file")
         if status == 409:
             status, reply = await self._post_identity(path, content, name, overwrite=True)
         if status == 200:
-            return reply.get("name", name)
+            return UploadedIdentity(reply.get("name", name), reply.get("fingerprint"))
         why = reply.get("error") or f"HTTP {status}"
         if status == 404:
             why = (f"{self.base} has no {IDENTITY_ROUTE} route: update ComfyUI-PuLID-Flux on that server to the "

@@ -8,7 +8,8 @@ Rules, so a graph says where things go without extra files:
 - seed: every literal `seed` and `noise_seed` input.
 - weight: the `weight` input of every ApplyPulidFlux / PulidFluxApplyIdentity node.
 - images: LoadImage nodes in ascending node id order, one uploaded file each.
-- identity: the `identity_file` input of every PulidFluxLoadIdentity node (the name the upload route gave).
+- identity: the `identity_file` input of every PulidFluxLoadIdentity node (the name the upload route gave) and its
+  `fingerprint` input (the uploaded identity's, as the route reports it).
 - `--set NODE.INPUT=VALUE`: any input the node has (a name it lacks is an error listing its inputs); NODE is a
   node id, a title or a class name (all of its kind); VALUE is JSON when it parses (28, 3.5, true), else text."""
 from __future__ import annotations
@@ -116,13 +117,17 @@ def set_images(graph: dict, names: list[str]) -> list[str]:
     return slots[:len(names)]
 
 
-def set_identity(graph: dict, name: str) -> list[str]:
+def set_identity(graph: dict, name: str, fingerprint: str | None = None) -> list[str]:
+    """Name the identity in every Load identity node and, when known, its fingerprint (the server then refuses a
+    file of that name that holds another identity)."""
     targets = [k for k in _by_id_order(graph) if graph[k]["class_type"] == LOAD_IDENTITY]
     if not targets:
         raise GraphError(f"--identity needs a {LOAD_IDENTITY} node (Load identity) in the graph; use a graph "
                          "such as examples/batch/pulid_flux_identity.json, or give --face photos instead")
     for k in targets:
         graph[k]["inputs"]["identity_file"] = name
+        if fingerprint:
+            graph[k]["inputs"]["fingerprint"] = fingerprint
     return targets
 
 

@@ -1,6 +1,6 @@
 """A small stand-in of a ComfyUI server on aiohttp, on 127.0.0.1 in a thread of its own: /prompt, /ws,
 /history, /view, /upload/image, /queue, /interrupt, and the pack's identity routes as the shared contract
-states them (GET/POST /pulid_flux/identities). Each prompt "runs" for `run_s` seconds and produces one
+states them (GET/POST /pulid_flux/identities, with the fingerprints the route reports). Each prompt "runs" for `run_s` seconds and produces one
 image whose bytes and Face similarity score are derived from its graph."""
 import asyncio
 import contextlib
@@ -26,6 +26,11 @@ def is_identity(data: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == "pulid_flux_identity"
+
+
+def fake_fingerprint(data: bytes) -> str:
+    """The fake's stand-in for an identity's fingerprint (the real one hashes the tensors and settings)."""
+    return "pfid1-" + hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def identity_bytes(tag: str = "a") -> bytes:
@@ -108,9 +113,11 @@ class FakeComfy:
         if not is_identity(data):
             return web.json_response({"error": f"{name} is not a PuLID-Flux identity file"}, status=400)
         if name in self.identities and form.get("overwrite") != "true":
-            return web.json_response({"error": f"{name} exists; set overwrite=true to replace it"}, status=409)
+            return web.json_response({"error": f"{name} exists; set overwrite=true to replace it",
+                                      "fingerprint": fake_fingerprint(data),
+                                      "existing_fingerprint": fake_fingerprint(self.identities[name])}, status=409)
         self.identities[name] = data
-        return web.json_response({"name": name, "bytes": len(data)})
+        return web.json_response({"name": name, "bytes": len(data), "fingerprint": fake_fingerprint(data)})
 
     async def post_prompt(self, request):
         body = await request.json()

@@ -191,6 +191,14 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             return json.loads(r.read())
 
+    def get_status_json(self, path: str):
+        """(status, JSON reply) of a GET, error statuses included."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
     def __exit__(self, *exc):
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
