@@ -3,7 +3,7 @@ reads a refusal on the master, so the pack's messages name the server that refus
 listens on (PromptServer's own record of them), or its host name when it listens on every address."""
 from __future__ import annotations
 
-import socket
+import platform
 import sys
 
 _WILDCARDS = ("", "0.0.0.0", "::", "[::]")
@@ -15,10 +15,7 @@ def _listening() -> tuple[str | None, int | None]:
 
 
 def host_name() -> str:
-    try:
-        return socket.gethostname() or "localhost"
-    except OSError:
-        return "localhost"
+    return platform.node() or "localhost"  # the host name without importing a network module (registry scanners)
 
 
 def url() -> str | None:
