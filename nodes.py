@@ -4,11 +4,13 @@ and come after end_at. Inputs several nodes share are declared once, in comfy_la
 from __future__ import annotations
 
 from .comfy_layer import cards, folders, identities, patching, similarity
+from .comfy_layer import faces as face_nodes  # not `faces`: that is an input name of the face nodes
 from .comfy_layer import inputs as I
 from .comfy_layer.models import EvaModel, FaceAnalysisModel, PulidModel
 from .pulid_flux.identity import blend_identities
 
 CATEGORY = "pulid_flux"
+FACES_CATEGORY = "pulid_flux/faces"
 ON_NO_FACE = ("error", "return model unchanged")
 
 folders.register_model_folders()
@@ -265,6 +267,88 @@ class PulidFluxFaceSimilarity:
         return similarity.face_similarity_node(face_analysis, images, identity, reference, copy_penalty)
 
 
+class PulidFluxFaceMask:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": I.FACE_IMAGE, "face_analysis": I.FACE_ANALYSIS, **I.face_picking(),
+                             **I.mask_shaping()},
+                "optional": {"include_hair": I.INCLUDE_HAIR,
+                             "on_no_face": (list(face_nodes.MASK_ON_NO_FACE), {
+                                 "default": "error", "tooltip": "An image without the face: stop with an error naming "
+                                 "the image, or give it an empty mask (one warning in the log)."})}}
+
+    RETURN_TYPES = ("MASK", "INT")
+    RETURN_NAMES = ("mask", "face_count")
+    OUTPUT_TOOLTIPS = ("The face mask of each image, at the image's own size (0..1): for Apply's attn_mask, "
+                       "inpainting or any mask node.",
+                       "How many faces were detected in the whole batch (whichever were masked).")
+    FUNCTION = "mask"
+    CATEGORY = FACES_CATEGORY
+    DESCRIPTION = ("Find the faces in a picture and mask the chosen one (or all): box, ellipse or the face's own "
+                   "outline, grown and feathered in pixels.")
+
+    def mask(self, image, face_analysis, faces, face_order, face_index, shape, grow, feather, include_hair=False,
+             on_no_face="error"):
+        return face_nodes.face_mask_node(face_analysis, image, faces, face_order, face_index, shape, grow, feather,
+                                            include_hair, on_no_face)
+
+
+class PulidFluxCropFace:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": I.FACE_IMAGE, "face_analysis": I.FACE_ANALYSIS, **I.face_picking(),
+            "context": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 8.0, "step": 0.05, "tooltip": "Crop side as a "
+                        "multiple of the face box's longer side (centred on the face, kept inside the image, at most "
+                        "the image's shorter side)."}),
+            "size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 16, "tooltip": "Every crop is "
+                     "resized to size x size pixels (a multiple of 16: Flux's latent grid)."}),
+            **I.mask_shaping()},
+            "optional": {"include_hair": I.INCLUDE_HAIR,
+                         "on_no_face": (list(face_nodes.CROP_ON_NO_FACE), {
+                             "default": "error", "tooltip": "An image without the face: stop with an error naming the "
+                             "image, or skip it (Paste face leaves it as it was)."})}}
+
+    RETURN_TYPES = ("IMAGE", "MASK", face_nodes.FACE_CROP)
+    RETURN_NAMES = ("crops", "crop_masks", "crop_info")
+    OUTPUT_TOOLTIPS = ("One square crop per face, size x size, image by image (faces 'all' gives several per image).",
+                       "Each crop's face mask, cut and resized the same way.",
+                       "Where each crop came from, with its face mask: connect it to Paste face.")
+    FUNCTION = "crop"
+    CATEGORY = FACES_CATEGORY
+    DESCRIPTION = ("Cut the chosen face (or every face) out with some context, at a working size for a second pass; "
+                   "Paste face puts the result back.")
+
+    def crop(self, image, face_analysis, faces, face_order, face_index, context, size, shape, grow, feather,
+             include_hair=False, on_no_face="error"):
+        return face_nodes.crop_face_node(face_analysis, image, faces, face_order, face_index, context, size, shape,
+                                            grow, feather, include_hair, on_no_face)
+
+
+class PulidFluxPasteFace:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The image batch the crops were cut from (the one Crop face received)."}),
+            "crops": ("IMAGE", {"tooltip": "The processed crops, one per crop of crop_info (any size: each is resized "
+                                "back to its window)."}),
+            "crop_info": (face_nodes.FACE_CROP, {"tooltip": "Crop face's crop_info."})},
+            "optional": {"mask": ("MASK", {"tooltip": "Replaces crop_info's face masks: one per crop (or one for "
+                                           "all) at the crops' size."})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The image with each crop pasted back through its feathered mask; where the mask is 0 the "
+                       "pixels are bit-identical to the input.",)
+    FUNCTION = "paste"
+    CATEGORY = FACES_CATEGORY
+    DESCRIPTION = ("Put processed face crops back into the picture they were cut from, through their face masks; "
+                   "everything outside the masks stays bit-identical.")
+
+    def paste(self, image, crops, crop_info, mask=None):
+        return (face_nodes.paste_face_node(image, crops, crop_info, mask),)
+
+
 NODES = {  # class name (saved in workflows) -> (class, display name)
     "PulidFluxModelLoader": (PulidFluxModelLoader, "Load PuLID-Flux Model"),
     "PulidFluxInsightFaceLoader": (PulidFluxInsightFaceLoader, "Load InsightFace (PuLID-Flux)"),
@@ -277,6 +361,9 @@ NODES = {  # class name (saved in workflows) -> (class, display name)
     "PulidFluxLoadIdentityCard": (PulidFluxLoadIdentityCard, "Load identity card (PuLID-Flux)"),
     "PulidFluxBlendIdentities": (PulidFluxBlendIdentities, "Blend identities (PuLID-Flux)"),
     "PulidFluxFaceSimilarity": (PulidFluxFaceSimilarity, "Face similarity (PuLID-Flux)"),
+    "PulidFluxFaceMask": (PulidFluxFaceMask, "Face mask (PuLID-Flux)"),
+    "PulidFluxCropFace": (PulidFluxCropFace, "Crop face (PuLID-Flux)"),
+    "PulidFluxPasteFace": (PulidFluxPasteFace, "Paste face (PuLID-Flux)"),
 }
 NODE_CLASS_MAPPINGS = {name: cls for name, (cls, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {name: title for name, (_, title) in NODES.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..encoders import FACE_ORDERS
 from ..encoders.curation.selection import CURATE_MODES, THRESHOLD_INPUTS, Thresholds
+from ..encoders.regions import SHAPES, WHICH_FACES
 from ..pulid_flux import FUSION_MODES
 from ..pulid_flux.patch import UNCOND_MODES
 
@@ -68,3 +69,27 @@ def curation_choice(curate: str = "off", **thresholds) -> tuple[str, Thresholds]
     """The curation inputs as the node received them -> (mode, Thresholds); missing thresholds keep their defaults
     (a workflow saved before they existed)."""
     return curate, Thresholds(**{k: v for k, v in thresholds.items() if k in THRESHOLD_INPUTS})
+
+
+# --- Face mask, Crop face, Paste face (issue 24) ------------------------------------------------------------------
+FACE_IMAGE = ("IMAGE", {"tooltip": "The picture(s) whose faces to find: any batch, any size."})
+FACES = (list(WHICH_FACES), {"default": "chosen", "tooltip": "chosen: the face at face_index in face_order, in each "
+         "image; all: every face found."})
+SHAPE = (list(SHAPES), {"default": "ellipse", "tooltip": "box: the detector's face box; ellipse: the ellipse inside "
+         "that box; parsing: the face's own outline (skin, brows, eyes, glasses, nose, mouth; BiSeNet on the aligned "
+         "face, needs parsing_bisenet.pth)."})
+GROW = ("INT", {"default": 0, "min": -512, "max": 1024, "step": 1, "tooltip": "Pixels of the image to grow the mask "
+        "by on every side (negative shrinks it)."})
+FEATHER = ("INT", {"default": 0, "min": 0, "max": 1024, "step": 1, "tooltip": "Pixels of the image over which the "
+           "grown mask fades linearly to 0 outside its edge; beyond that the mask is exactly 0."})
+INCLUDE_HAIR = ("BOOLEAN", {"default": False, "tooltip": "parsing only: include the hair in the mask."})
+
+
+def face_picking() -> dict:
+    """faces, face_order, face_index: which faces Face mask and Crop face work on, in order."""
+    return {"faces": FACES, "face_order": FACE_ORDER, "face_index": FACE_INDEX}
+
+
+def mask_shaping() -> dict:
+    """shape, grow, feather: the face mask of Face mask and Crop face, in order."""
+    return {"shape": SHAPE, "grow": GROW, "feather": FEATHER}
