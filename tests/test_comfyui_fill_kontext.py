@@ -3,36 +3,54 @@ ComfyUI's own detection from state dicts in the official key layout (full width,
 
 Fill (`img_in` takes 384 features: ComfyUI's FluxInpaint, 96 input channels) is sampled through ComfyUI's
 InpaintModelConditioning and KSampler, with Apply PuLID-Flux and with Apply identity (a saved identity and a card).
-A face-region attn_mask on Kontext (reference latents), fp8 and Fill: at every injection point the ID update
-reaches only the generated image's tokens inside the mask; text, Kontext's reference tokens and the rest stay."""
+The models have fp8 weights (ComfyUI's weight_dtype fp8_e4m3fn: a quarter of float32's memory, and a supported
+path of its own). A face-region attn_mask (the Face mask node's) on Kontext (reference latents), dev and Fill: at
+every injection point the ID update reaches only the generated image's tokens inside the mask; text, Kontext's
+reference tokens and the rest stay."""
 import os
+import types
 
 import pytest
 import torch
 
+from support import comfy_harness as H
 from support import family_models as F
 from support import identity_samples as samples
-from support.comfy_nodes_env import load_env
 
 pytestmark = pytest.mark.comfyui
 SIZE = 128  # pixels: a 16x16 latent, 8x8 tokens of 16 px
-TEXT_TOKENS = 8  # H.flux_conditioning's
+TEXT_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, comfy_models):
+    """The pack's loaders on the session's files, and fp8 models only (a quarter of float32's memory; fp8 is a
+    supported path of its own): FLUX.1 dev from its file (Kontext is dev's layout; Kontext-ness is the reference
+    latents in the conditioning) and FLUX.1 Fill from its state dict."""
     root = tmp_path_factory.mktemp("comfy_fill")
     identities = str(root / "identities")
-    e = load_env(root, comfy_models, lambda folder_paths: folder_paths.add_model_folder_path(
-        "pulid_identities", identities, is_default=True))
+    folder_paths = H.import_comfyui()
+    H.register_folders(folder_paths, comfy_models["root"])
+    folder_paths.add_model_folder_path("pulid_identities", identities, is_default=True)
+    pack = H.import_pack(str(root))
     import comfy.sd
     import comfy.utils
+    import nodes as comfy_nodes
 
-    e.fill = F.load(comfy.sd, F.flux1_fill())
+    e = types.SimpleNamespace(pack=pack, comfy_nodes=comfy_nodes, folder_paths=folder_paths, N=pack.NODE_CLASS_MAPPINGS)
+    n = pack.nodes
+    e.pulid = n.PulidFluxModelLoader().load_model("pulid_flux_v0.9.1.safetensors")[0]
+    e.eva = n.PulidFluxEvaClipLoader().load_eva_clip()[0]
+    e.faces = n.PulidFluxInsightFaceLoader().load_insightface("CPU")[0]
+    e.image = H.face_photo()
+    e.positive, e.negative = H.flux_conditioning(0, tokens=TEXT_TOKENS), H.flux_conditioning(1, tokens=TEXT_TOKENS)
+    e.model = comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "fp8_e4m3fn")[0]
+    e.fill = comfy.sd.load_diffusion_model_state_dict(F.flux1_fill(), model_options={"dtype": torch.float8_e4m3fn})
     e.vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(comfy_models["vae"]))
     e.photo = torch.nn.functional.interpolate(e.image.movedim(-1, 1), size=(SIZE, SIZE), mode="area").movedim(1, -1)
-    e.face_mask = torch.zeros(1, SIZE, SIZE)  # the fake detector's face on the astronaut (ONE_FACE's box)
-    e.face_mask[:, round(0.14 * SIZE):round(0.44 * SIZE), round(0.36 * SIZE):round(0.58 * SIZE)] = 1.0
+    # the region of the photo's face, as the workflows make it: Face mask (the generated detector's face)
+    e.face_mask, found = e.N["PulidFluxFaceMask"]().mask(e.photo, e.faces, "chosen", "largest", 0, "ellipse", 4, 0)
+    assert found == 1 and 0.02 < e.face_mask.mean() < 0.3, (found, e.face_mask.mean())
     data = samples.fmt.identity_bytes(samples.make_full_size_identity(seed=4))
     os.makedirs(identities, exist_ok=True)
     with open(os.path.join(identities, "fill_person.safetensors"), "wb") as f:
@@ -40,13 +58,13 @@ def env(tmp_path_factory, comfy_models):
     from pulid_flux.identity_card import card_bytes
 
     preview = (torch.rand(128, 256, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy()
-    with open(os.path.join(e.folder_paths.get_input_directory(), "fill_person_card.png"), "wb") as f:
+    with open(os.path.join(folder_paths.get_input_directory(), "fill_person_card.png"), "wb") as f:
         f.write(card_bytes(preview, data))
     return e
 
 
 def inpaint(env, positive=None):
-    """InpaintModelConditioning as a workflow wires it: the face box is the region to fill."""
+    """InpaintModelConditioning as a workflow wires it: the face mask is the region to fill."""
     node = env.comfy_nodes.InpaintModelConditioning()
     return node.encode(positive or env.positive, env.negative, env.photo, env.vae, env.face_mask, True)
 
@@ -67,6 +85,7 @@ def apply_identity(env, model, identity, weight=1.0, **kw):
 
 
 def test_flux_fill_is_detected_as_flux_inpaint_and_keeps_96_input_channels(env):
+    assert env.fill is not None  # ComfyUI recognised the state dict
     config = env.fill.model.model_config
     assert type(config).__name__ == "FluxInpaint" and config.unet_config["in_channels"] == 96
     assert tuple(env.fill.model.diffusion_model.img_in.weight.shape) == (3072, 384)
@@ -123,15 +142,14 @@ def kontext(env, positive):
     return [[positive[0][0], dict(positive[0][1], reference_latents=[reference])]]
 
 
-@pytest.mark.parametrize("family", ["kontext", "fp8", "fill"])
+@pytest.mark.parametrize("family", ["kontext", "dev", "fill"])
 def test_a_face_region_attn_mask_touches_only_the_generated_tokens_inside_it(env, monkeypatch, family):
+    """All three with fp8 weights: the ID update is computed in the PuLID weights' dtype and cast back."""
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     model, conditioning, reference_tokens = env.model, (env.positive, env.negative, latent), 0
     if family == "kontext":
         conditioning, reference_tokens = (kontext(env, env.positive), env.negative, latent), 16
-    elif family == "fp8":
-        model = env.comfy_nodes.UNETLoader().load_unet("flux_test_1d1s.safetensors", "fp8_e4m3fn")[0]
-    else:
+    elif family == "fill":
         model, conditioning = env.fill, inpaint(env)
     tokens = env.pack.pulid_flux.injection.tokens_mask(env.face_mask, SIZE // 16, SIZE // 16, 1)[0, :, 0]
     inside = tokens > 0
