@@ -12,9 +12,8 @@ import torch
 import comfy.model_management as mm
 import comfy.utils
 
-from ..encoders.images import to_rgb_list
-from ..encoders.regions import (FaceCrop, FaceCrops, crop_window, locate_batch, paste, refine, shape_masks,
-                                working_size)
+from ..encoders.regions import (FaceCrop, FaceCrops, crop_window, locate_batch, paste, refine, rgb_uint8,
+                                shape_masks, working_size)
 from ..encoders.regions.crops import cut, placeholder_crop
 from ..pulid_flux.inputs import InputError, check_images, check_mask
 from .models import face_parser, offload
@@ -50,7 +49,7 @@ def _float_images(image: torch.Tensor) -> torch.Tensor:
 def _locate(face_analysis, image, faces, face_order, face_index):
     """Check the IMAGE, then detect and pick faces in every image, with a progress bar."""
     check_images(image, "image")
-    rgbs = to_rgb_list(image)
+    rgbs = rgb_uint8(image)
     bar = comfy.utils.ProgressBar(len(rgbs))
     located = locate_batch(face_analysis.analysis, rgbs, faces, face_order, face_index,
                            progress=lambda done, total: bar.update_absolute(done, total))

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from encoders.faces import load_face_analysis
-from encoders.images import FFHQ_TEMPLATE_512, ffhq_affine
+from encoders.images import FFHQ_TEMPLATE_512, ffhq_affine, to_rgb_list
 from encoders.regions import (FaceCrop, FaceCrops, box_mask, crop_window, ellipse_mask, feather_mask, find_faces,
-                              grow_mask, limit_box, locate_batch, parsing_masks, paste, refine, working_size)
+                              grow_mask, limit_box, locate_batch, parsing_masks, paste, refine, rgb_uint8,
+                              working_size)
 from encoders.regions.crops import cut, resize_square
 from encoders.regions.parts import aligned_point_in_image
 from support import encoder_fakes as fakes
@@ -81,6 +82,19 @@ def test_three_faces_each_get_their_own_mask(three_faces):
     assert len(chosen.picked) == 1 and chosen.picked[0].area == min(f.area for f in item.found)
     (missing,) = locate_batch(three_faces, [FR.photo(width, height)], "chosen", "largest", 5)
     assert missing.picked == [] and "only 3 faces" in missing.reason
+
+
+@pytest.mark.parametrize("channels,dtype", [(3, torch.float32), (4, torch.float32), (1, torch.float32),
+                                            (3, torch.uint8), (3, torch.float16)])
+def test_fast_rgb_conversion_gives_the_reference_pipelines_pixels(channels, dtype):
+    gen = torch.Generator().manual_seed(channels)
+    images = torch.rand(2, 37, 53, channels, generator=gen) * 1.2 - 0.1
+    images[0, 0, :8, 0] = torch.tensor([0.5, 1.5, 2.5, 3.5, 254.5, 253.5, 0.0, 1.0]) / 255  # halves: to even
+    images = (images.clamp(0, 1) * 255).round().to(dtype) if dtype == torch.uint8 else images.to(dtype)
+    # to_rgb_list takes uint8 pixels as they are from numpy (a torch uint8 tensor goes through float there)
+    fast, reference = rgb_uint8(images), to_rgb_list(images.numpy() if dtype == torch.uint8 else images)
+    assert len(fast) == 2 and all(f.dtype == np.uint8 and f.shape == (37, 53, 3) for f in fast)
+    assert all(np.array_equal(f, r) for f, r in zip(fast, reference))
 
 
 def test_no_face_on_a_black_image(one_face):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..faces import DEFAULT_DET_SIZES, DetectedFace, choose_face, detect_faces, order_faces
 from ..images import limit_long_side, pad_for_detection, size_problem
@@ -29,6 +30,18 @@ def find_faces(analysis, rgb: np.ndarray, det_sizes=DEFAULT_DET_SIZES, pad_retry
         offset = pad
     return [DetectedFace(((f.bbox - offset) / scale).astype(np.float32), ((f.kps - offset) / scale).astype(np.float32),
                          f.det_score) for f in faces]
+
+
+def rgb_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """A ComfyUI IMAGE [B, H, W, C] (float 0..1, or uint8 0..255; C = 1, 3, 4) -> HxWx3 uint8 RGB arrays with
+    encoders.images.to_rgb_list's values (round half to even, clipped; gray repeated, alpha dropped), except that a
+    uint8 tensor is taken as 0..255 (to_rgb_list reads a uint8 tensor as float)."""
+    pixels = images.detach().cpu()
+    pixels = pixels[..., :3] if pixels.shape[-1] != 1 else pixels.expand(*pixels.shape[:-1], 3)
+    if pixels.dtype == torch.uint8:
+        return [np.ascontiguousarray(item) for item in pixels.numpy()]
+    scaled = np.rint(pixels.float().numpy() * np.float32(255.0))
+    return [np.clip(item, 0, 255).astype(np.uint8) for item in scaled]
 
 
 @dataclass
