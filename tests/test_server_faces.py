@@ -26,8 +26,8 @@ def server(tmp_path_factory, comfy_models):
     with S.ComfyServer(H.comfyui_path(), base, extra_args=("--preview-method", "none")) as srv:
         yield srv
         with open(srv.log_path, encoding="utf-8", errors="replace") as f:
-            print("\nserver run times:", [line.strip().split("Prompt executed in ")[1].split(" ")[0] + " s" for line in f
-                                          if "Prompt executed in" in line])
+            times = [line.split("Prompt executed in ")[1].split()[0] for line in f if "Prompt executed in" in line]
+        print("\nserver run times (s):", times)
 
 
 def png(array: np.ndarray) -> bytes:

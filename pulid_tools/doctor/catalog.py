@@ -52,8 +52,10 @@ T5XXL = ModelFile("t5xxl_fp16.safetensors", "text_encoders",
                   "T5-XXL text encoder for Flux (t5xxl_fp8_e4m3fn.safetensors for less memory)", pack=False)
 
 FLUX_FILL = ModelFile("flux1-fill-dev.safetensors", "diffusion_models",
-                      "https://huggingface.co/black-forest-labs/FLUX.1-Fill-dev/resolve/main/flux1-fill-dev.safetensors",
-                      "FLUX.1 Fill dev (gated), for the face swap workflow: ComfyUI loads it as FluxInpaint", pack=False)
+                      "https://huggingface.co/black-forest-labs/FLUX.1-Fill-dev/resolve/main/"
+                      "flux1-fill-dev.safetensors",
+                      "FLUX.1 Fill dev (gated), for the face swap workflow: ComfyUI loads it as FluxInpaint",
+                      pack=False)
 FLUX_KONTEXT = ModelFile("flux1-kontext-dev.safetensors", "diffusion_models",
                          "https://huggingface.co/black-forest-labs/FLUX.1-Kontext-dev/resolve/main/"
                          "flux1-kontext-dev.safetensors",
