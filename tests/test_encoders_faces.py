@@ -239,9 +239,10 @@ def test_three_synthetic_faces_end_to_end(tmp_path):
 # --- third-party warnings -------------------------------------------------------------------------------------
 
 def _warn_from_module(module_name: str, message: str, category=FutureWarning):
-    """A warning raised by code whose module is `module_name` (what `filterwarnings(module=...)` matches)."""
-    exec(compile(f"import warnings\nwarnings.warn({message!r}, {category.__name__}, stacklevel=1)", module_name,
-                 "exec"), {"__name__": module_name})
+    """A warning raised by code whose module is `module_name` (what `filterwarnings(module=...)` matches).
+    warn_explicit takes the module name as an argument, so no code has to be compiled under that name."""
+    warnings.warn_explicit(message, category, filename=module_name.replace(".", "/") + ".py", lineno=1,
+                           module=module_name, registry={})
 
 
 def test_insightface_future_warnings_are_silenced_at_the_call_site_only(analysis):
