@@ -22,12 +22,14 @@ from support.workflow_checks import (API_FILES, BATCH_FILES, COMPAT_FILES, FRONT
                                      check_api_graph, check_ui_workflow, is_link, link_tuple, ui_widget_slots)
 from pulid_tools.doctor import catalog
 
-CORE_EXTRAS = ("nodes_mask.py", "nodes_flux.py", "nodes_sd3.py", "nodes_custom_sampler.py")
+CORE_EXTRAS = ("nodes_mask.py", "nodes_flux.py", "nodes_sd3.py", "nodes_custom_sampler.py", "nodes_edit_model.py")
 STUBBED_PACK = "pulid_pack_with_stubbed_comfyui"
 
 
-# The model files each node type needs (an identity graph without Encode needs no EVA-CLIP or BiSeNet).
-LOADER_MODELS = {"UNETLoader": (catalog.FLUX_DEV,), "DualCLIPLoader": (catalog.T5XXL, catalog.CLIP_L),
+# The model files each node type needs (an identity graph without Encode needs no EVA-CLIP or BiSeNet); a UNETLoader
+# needs the FLUX.1 file it names (dev, Fill or Kontext).
+FLUX_FILES = {m.name: m for m in (catalog.FLUX_DEV, *catalog.EDIT_MODELS)}
+LOADER_MODELS = {"DualCLIPLoader": (catalog.T5XXL, catalog.CLIP_L),
                  "VAELoader": (catalog.FLUX_VAE,), "PulidFluxModelLoader": (catalog.PULID,),
                  "PulidFluxEvaClipLoader": (catalog.EVA_CLIP,),
                  "PulidFluxInsightFaceLoader": (catalog.DETECTOR, catalog.RECOGNIZER),
@@ -136,10 +138,12 @@ def ui_to_api(wf, defs):
 # --- tests --------------------------------------------------------------------------------------------
 def test_the_examples_exist_in_both_formats():
     assert names(UI_FILES) == names(API_FILES) == [
-        "pulid_flux_basic.json", "pulid_flux_curation.json", "pulid_flux_identity_best_of_n.json",
+        "pulid_flux_basic.json", "pulid_flux_curation.json", "pulid_flux_face_fix.json", "pulid_flux_face_swap.json",
+        "pulid_flux_identities_to_faces.json", "pulid_flux_identity_best_of_n.json",
         "pulid_flux_identity_blend.json", "pulid_flux_identity_card.json",
         "pulid_flux_identity_encode_save.json", "pulid_flux_identity_load_apply.json",
-        "pulid_flux_multi_reference.json", "pulid_flux_true_cfg.json", "pulid_flux_two_people.json"]
+        "pulid_flux_kontext_edit.json", "pulid_flux_multi_reference.json", "pulid_flux_true_cfg.json",
+        "pulid_flux_two_people.json"]
     assert names(BATCH_FILES) == ["pulid_flux_batch.json", "pulid_flux_identity.json"]
 
 
@@ -200,6 +204,8 @@ def test_workflow_names_every_model_file_for_the_missing_model_dialog(path):
     expected = [m.as_workflow_entry() for m in catalog.ALL_MODELS]
     assert all(e in expected for e in entries)
     needed = [m.as_workflow_entry() for node in wf["nodes"] for m in LOADER_MODELS.get(node["type"], ())]
+    needed += [FLUX_FILES[node["widgets_values"][0]].as_workflow_entry() for node in wf["nodes"]
+               if node["type"] == "UNETLoader"]
     assert needed and all(e in entries for e in needed)  # every file the graph's loaders need is named
 
 

@@ -51,6 +51,17 @@ T5XXL = ModelFile("t5xxl_fp16.safetensors", "text_encoders",
                   "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
                   "T5-XXL text encoder for Flux (t5xxl_fp8_e4m3fn.safetensors for less memory)", pack=False)
 
+FLUX_FILL = ModelFile("flux1-fill-dev.safetensors", "diffusion_models",
+                      "https://huggingface.co/black-forest-labs/FLUX.1-Fill-dev/resolve/main/"
+                      "flux1-fill-dev.safetensors",
+                      "FLUX.1 Fill dev (gated), for the face swap workflow: ComfyUI loads it as FluxInpaint",
+                      pack=False)
+FLUX_KONTEXT = ModelFile("flux1-kontext-dev.safetensors", "diffusion_models",
+                         "https://huggingface.co/black-forest-labs/FLUX.1-Kontext-dev/resolve/main/"
+                         "flux1-kontext-dev.safetensors",
+                         "FLUX.1 Kontext dev (gated), for the Kontext edit workflow", pack=False)
+
 PACK_MODELS = (PULID, EVA_CLIP, DETECTOR, RECOGNIZER, PARSER)
 WORKFLOW_MODELS = (FLUX_DEV, FLUX_VAE, CLIP_L, T5XXL)
-ALL_MODELS = PACK_MODELS + WORKFLOW_MODELS
+EDIT_MODELS = (FLUX_FILL, FLUX_KONTEXT)  # one workflow each; the doctor does not ask for them
+ALL_MODELS = PACK_MODELS + WORKFLOW_MODELS + EDIT_MODELS

@@ -7,10 +7,11 @@ import torch
 WIDTH = 3072  # FLUX.1's, and FLUX.2 Klein's
 
 
-def flux1(double=1, single=1, seed=0, dtype=torch.float16, width=WIDTH):
-    """FLUX.1 dev layout (guidance embedding), random weights; detection fills the config from these keys."""
+def flux1(double=1, single=1, seed=0, dtype=torch.float16, width=WIDTH, in_channels=16):
+    """FLUX.1 dev layout (guidance embedding), random weights; detection fills the config from these keys.
+    in_channels is what detection reads from `img_in` (2x2 patches: 4 x in_channels features)."""
     mlp, head = 4 * width, 128
-    shapes = {"img_in": (width, 64), "txt_in": (width, 4096), "final_layer.linear": (64, width),
+    shapes = {"img_in": (width, 4 * in_channels), "txt_in": (width, 4096), "final_layer.linear": (64, width),
               "final_layer.adaLN_modulation.1": (2 * width, width)}
     for name, fan_in in (("time_in", 256), ("vector_in", 768), ("guidance_in", 256)):
         shapes[f"{name}.in_layer"], shapes[f"{name}.out_layer"] = (width, fan_in), (width, width)
@@ -34,6 +35,12 @@ def flux1(double=1, single=1, seed=0, dtype=torch.float16, width=WIDTH):
         for q in ("query_norm", "key_norm"):
             state[f"{n}.{q}.scale"] = torch.ones(head, dtype=dtype)
     return state
+
+
+def flux1_fill(double=1, single=1, seed=0, dtype=torch.float16):
+    """FLUX.1 Fill dev: FLUX.1 dev with 96 input channels (16 latent + 16 masked-image latent + 64 mask), so
+    `img_in.weight` is [3072, 384]; ComfyUI detects it as `supported_models.FluxInpaint`."""
+    return flux1(double, single, seed, dtype, in_channels=96)
 
 
 def _keys(shapes, dtype=torch.float16):
