@@ -1,7 +1,8 @@
 """HTTP routes on ComfyUI's server for identity files (headless clients on other machines):
 
   GET  /pulid_flux/identities  -> 200 {"identities": ["a.safetensors", ...]}
-  POST /pulid_flux/identities  multipart: `file` (the .safetensors), optional `name`, optional `overwrite`
+  POST /pulid_flux/identities  multipart: `file` (the .safetensors, or a card: the file it carries), optional `name`,
+       optional `overwrite`
        -> 200 {"name", "bytes"}; 400 not an identity / bad name / malformed body; 409 exists; 413 over 16 MB.
 
 The upload handling (limits, checks, the atomic write) is pulid_flux/identity_upload.py; this only registers it."""

@@ -2,6 +2,9 @@
 write it with the identity writer. No ComfyUI imports (identity_routes.py registers it on ComfyUI's server), so it
 is tested in process.
 
+An identity card (PNG) is accepted as the identity file it carries, stored as NAME.safetensors; an empty file or a
+picture that is no card (a JPEG copy of one) is refused saying what it is.
+
 Whatever a client sends gets 200 or a 4xx with {"error": message}: 400 (not multipart, a field twice, a bad name,
 not a valid identity, a body cut short or malformed), 409 (the name exists, overwrite not set), 413 (over the
 limit, refused from Content-Length or a part's headers when they say so, else as soon as the limit is passed: the
@@ -12,7 +15,8 @@ import errno
 import logging
 import os
 
-from .identity_file import MAX_FILE_BYTES, IdentityFileError, read_identity_bytes
+from .identity_card import identity_file_in, is_png, looks_like_safetensors
+from .identity_file import MAX_FILE_BYTES, IdentityFileError
 from .identity_store import IdentityNameError, identity_file_name, write_file_atomically
 
 log = logging.getLogger("PuLID-Flux")
@@ -100,12 +104,15 @@ def store_upload(data: bytes, file_name: str | None, name: str | None, overwrite
     if len(data) > MAX_FILE_BYTES:
         raise UploadError(413, f"{TOO_BIG} ({len(data):,} bytes)")
     chosen = name if name not in (None, "") else file_name
+    if is_png(data) and (chosen or "").lower().endswith(".png"):
+        chosen = chosen[:-len(".png")]  # a card named NAME.png gives NAME.safetensors
     try:
         target = identity_file_name(chosen or "")
     except IdentityNameError as e:
         raise UploadError(400, str(e)) from None
-    try:
-        read_identity_bytes(data, target)
+    shown = file_name if file_name and not looks_like_safetensors(data) else target  # a card, a JPEG: as sent
+    try:  # a card is accepted as the identity file it carries; an empty file or a picture is named as such
+        data, _ = identity_file_in(data, shown)
     except IdentityFileError as e:
         raise UploadError(400, f"not a PuLID-Flux identity: {e}") from None
     path = os.path.join(folder, target)
