@@ -28,6 +28,9 @@ class OutputError(Exception):
     """--out (or its manifest) cannot be created, read or written; the message names the path and the reason."""
 
 
+_OWN_NAMES = {NAME, LOCK, REJECTED}  # lower case: a case-insensitive file system sees Manifest.JSONL as the manifest
+
+
 def _plain_name(name) -> bool:
     return (isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
             and "/" not in name and "\\" not in name and name.isprintable())
@@ -52,6 +55,9 @@ def record_problem(record) -> str | None:
     files = record.get("files")
     if not isinstance(files, list) or not files or not all(_plain_name(f) for f in files):
         return "\"files\" is not a list of file names in the output folder"
+    own = next((f for f in files if f.lower() in _OWN_NAMES), None)
+    if own is not None:  # --keep-best would move it into rejected/ (and the next run redo everything)
+        return f"\"files\" names {own}, the batch's own, not an image"
     scores = record.get("scores")
     if scores is not None and not (isinstance(scores, list) and all(_finite_number(x) for x in scores)):
         return "\"scores\" is not a list of numbers"
@@ -249,7 +255,7 @@ class Manifest:
                 keep = rank < best
                 here, there = os.path.join(self.folder, name), os.path.join(rejected_dir, name)
                 source, target = (there, here) if keep else (here, there)
-                if os.path.exists(source) and not os.path.exists(target):
+                if os.path.isfile(source) and not os.path.exists(target):  # images only, never a folder
                     try:
                         os.makedirs(os.path.dirname(target), exist_ok=True)
                         os.replace(source, target)
