@@ -115,7 +115,7 @@ def test_out_unwritable_mid_run_stops_at_once_with_the_real_error_and_resumes(tm
     try:
         assert batch([server.url], face, str(prompts), out, "--seeds", "3") == 1
         err = capsys.readouterr().err
-        one_clear_line(err, "cannot write", str(out), "Not a directory", "run the same command again")
+        one_clear_line(err, "cannot write", f"{out} is a file, not a folder", "run the same command again")
         assert "no server left" not in err and "dropped" not in err
         assert len(server.prompts) == 3  # stopped at once: no job started after the failure
         out.unlink()
