@@ -3,6 +3,9 @@ import importlib.util
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+# Served at /extensions/<this folder>/: web/docs/<NodeClass>.md is the node's page in the frontend's help panel
+# (web/docs/<NodeClass>/<locale>.md in other languages). ComfyUI reads locales/ by itself.
+WEB_DIRECTORY = "./web"
 
 # The torch core (pulid_flux/, encoders/) must stay importable without ComfyUI, e.g. in tests.
 if importlib.util.find_spec("comfy") is not None:
@@ -11,4 +14,4 @@ if importlib.util.find_spec("comfy") is not None:
 
     routes.register_routes()
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -8,7 +8,9 @@ from .comfy_layer import inputs as I
 from .comfy_layer.models import EvaModel, FaceAnalysisModel, PulidModel
 from .pulid_flux.identity import blend_identities
 
-CATEGORY = "pulid_flux"
+# The node library's folders (ComfyUI splits on "/"; locales/*/main.json names each part). Changing a category
+# moves a node in the library only: saved workflows refer to class names.
+LOADERS, APPLY, IDENTITIES = "pulid_flux/loaders", "pulid_flux/apply", "pulid_flux/identities"
 ON_NO_FACE = ("error", "return model unchanged")
 
 folders.register_model_folders()
@@ -23,7 +25,9 @@ class PulidFluxModelLoader:
     RETURN_TYPES = ("PULIDFLUX",)
     OUTPUT_TOOLTIPS = ("The ID encoder and the 20 ID cross-attentions, managed with the diffusion model.",)
     FUNCTION = "load_model"
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
+    DESCRIPTION = ("Load the PuLID-Flux weights from models/pulid: the ID encoder and the 20 ID cross-attentions "
+                   "that Apply PuLID-Flux adds to Flux.")
 
     def load_model(self, pulid_file):
         return (PulidModel.load(pulid_file),)
@@ -37,8 +41,11 @@ class PulidFluxInsightFaceLoader:
                                          "Falls back to CPU (with a log line) when unavailable."})}}
 
     RETURN_TYPES = ("FACEANALYSIS",)
+    OUTPUT_TOOLTIPS = ("Face detection (SCRFD) and ArcFace, for Apply PuLID-Flux, Encode identity and Face similarity.",)
     FUNCTION = "load_insightface"
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
+    DESCRIPTION = ("Load InsightFace antelopev2 (face detection and ArcFace identity vectors) from "
+                   "models/insightface/models/antelopev2.")
 
     def load_insightface(self, provider):
         return (FaceAnalysisModel.load(provider),)
@@ -53,8 +60,10 @@ class PulidFluxEvaClipLoader:
                                           "auto: the first that loads, in that order."})}}
 
     RETURN_TYPES = ("EVA_CLIP",)
+    OUTPUT_TOOLTIPS = ("EVA02-CLIP-L-14-336's vision tower, for Apply PuLID-Flux and Encode identity.",)
     FUNCTION = "load_eva_clip"
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
+    DESCRIPTION = "Load EVA02-CLIP-L-14-336, the image encoder that describes the face's appearance for PuLID."
 
     def load_eva_clip(self, eva_file="auto"):
         return (EvaModel.load(eva_file),)
@@ -81,7 +90,9 @@ class ApplyPulidFlux:
                        "Aligned face | the face EVA-CLIP saw, for each reference used; with curate on, every photo "
                        "with its verdict and figures (dropped ones framed red).")
     FUNCTION = "apply_pulid_flux"
-    CATEGORY = CATEGORY
+    CATEGORY = APPLY
+    DESCRIPTION = ("Give a Flux model a person's identity from one or more face photos: returns a patched clone of "
+                   "the MODEL and a preview of the faces it used.")
 
     def apply_pulid_flux(self, model, pulid_flux, eva_clip, face_analysis, image, weight, start_at, end_at,
                          attn_mask=None, fusion="mean", face_order="largest", face_index=0, use_gray=True,
@@ -105,7 +116,7 @@ class PulidFluxEncodeIdentity:
                        "Aligned face | the face EVA-CLIP saw, for each photo used; with curate on, every photo "
                        "with its verdict and figures (dropped ones framed red).")
     FUNCTION = "encode"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
     DESCRIPTION = "Encode a person once from photos; Apply identity then needs neither EVA-CLIP nor InsightFace."
 
     def encode(self, pulid_flux, eva_clip, face_analysis, image, fusion="mean", face_order="largest", face_index=0,
@@ -125,7 +136,9 @@ class PulidFluxApplyIdentity:
     OUTPUT_TOOLTIPS = ("The model with the identity patched in (a clone); same result as Apply PuLID-Flux on the "
                        "same photos and settings.",)
     FUNCTION = "apply"
-    CATEGORY = CATEGORY
+    CATEGORY = APPLY
+    DESCRIPTION = ("Give a Flux model a saved or encoded identity; needs neither EVA-CLIP nor InsightFace, and gives "
+                   "the same image as Apply PuLID-Flux on the same photos.")
 
     def apply(self, model, pulid_flux, identity, weight, start_at, end_at, attn_mask=None, uncond="same"):
         return (patching.apply_identity(model, pulid_flux, identity, weight, start_at, end_at, attn_mask, uncond),)
@@ -150,7 +163,9 @@ class PulidFluxSaveIdentity:
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "save"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
+    DESCRIPTION = ("Save an identity as a small file in models/pulid/identities, and optionally as an identity card "
+                   "(a PNG that carries it).")
 
     def save(self, identity, name, overwrite=False, card=False):
         return identities.save_node(identity, name, overwrite, card)
@@ -168,7 +183,8 @@ class PulidFluxLoadIdentity:
     OUTPUT_TOOLTIPS = ("The saved identity, bit-identical to the one that was saved.",
                        "The saved face preview (aligned | parsed, 128 px), one row per photo.")
     FUNCTION = "load"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
+    DESCRIPTION = "Load an identity saved in models/pulid/identities: no photos, EVA-CLIP or InsightFace needed."
 
     @classmethod
     def IS_CHANGED(cls, identity_file):
@@ -223,7 +239,8 @@ class PulidFluxBlendIdentities:
     RETURN_TYPES = (I.IDENTITY,)
     OUTPUT_TOOLTIPS = ("A new face mixing the two people.",)
     FUNCTION = "blend"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
+    DESCRIPTION = "Mix two identities into a new face: (1 - ratio) x A + ratio x B of their ID tokens."
 
     def blend(self, identity_a, identity_b, ratio):
         return (blend_identities(identity_a, identity_b, ratio),)
@@ -259,7 +276,9 @@ class PulidFluxFaceSimilarity:
                        "copy score is the goal. 0 when no face was found.")
     OUTPUT_NODE = True
     FUNCTION = "score"
-    CATEGORY = CATEGORY
+    CATEGORY = IDENTITIES
+    DESCRIPTION = ("Score how much each generated image looks like the person (ArcFace similarity) and how much it "
+                   "copies one reference photo; picks the best image.")
 
     def score(self, face_analysis, images, identity=None, reference=None, copy_penalty=0.0):
         return similarity.face_similarity_node(face_analysis, images, identity, reference, copy_penalty)

@@ -239,10 +239,10 @@ def test_three_synthetic_faces_end_to_end(tmp_path):
 # --- third-party warnings -------------------------------------------------------------------------------------
 
 def _warn_from_module(module_name: str, message: str, category=FutureWarning):
-    """A warning as code in module `module_name` raises it (what `filterwarnings(module=...)` matches)."""
-    registry = {}  # a fresh registry per call, as a module of its own would have
-    warnings.warn_explicit(message, category, module_name.replace(".", "/") + ".py", 1, module=module_name,
-                           registry=registry)
+    """A warning raised by code whose module is `module_name` (what `filterwarnings(module=...)` matches).
+    warn_explicit takes the module name as an argument, so no code has to be compiled under that name."""
+    warnings.warn_explicit(message, category, filename=module_name.replace(".", "/") + ".py", lineno=1,
+                           module=module_name, registry={})
 
 
 def test_insightface_future_warnings_are_silenced_at_the_call_site_only(analysis):

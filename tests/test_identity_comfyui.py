@@ -54,7 +54,7 @@ def test_the_contracts_node_names_and_type(env):
     assert env.N["PulidFluxFaceSimilarity"].OUTPUT_NODE and env.N["PulidFluxSaveIdentity"].OUTPUT_NODE
     for name in [k for k in env.N if k.startswith("PulidFlux") and "Loader" not in k] + ["ApplyPulidFlux"]:
         cls = env.N[name]
-        assert cls.CATEGORY == "pulid_flux"
+        assert cls.CATEGORY in ("pulid_flux/apply", "pulid_flux/identities")
         for section in cls.INPUT_TYPES().values():
             for inp, spec in section.items():
                 assert spec[1].get("tooltip"), (name, inp)
