@@ -370,7 +370,8 @@ def test_bytes_where_an_identity_file_is_expected_are_the_file_a_cards_file_or_n
             (jpeg.getvalue(), "a.jpg: is a JPEG picture, not an identity file or card: a copy of an identity card "
                               "converted to another format", "Fix: use the original card file"),
             (b"", "a.jpg: is empty (0 bytes): an interrupted copy, download or upload?", "Fix: copy, download or"),
-            (b"\x80\x04" + b"x" * 30, "a.jpg: not a safetensors file: it is a Python pickle", "Fix: Make identity files"),
+            (b"\x80\x04" + b"x" * 30, "a.jpg: not a safetensors file: it is a Python pickle",
+             "Fix: Make identity files"),
             (pil_png(), "a.jpg: is a PNG picture with no PuLID-Flux identity inside", "Fix: use the original card")):
         with pytest.raises(IdentityFileError) as e:
             card.identity_file_in(data, "a.jpg")
