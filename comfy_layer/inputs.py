@@ -3,6 +3,8 @@ INPUT_TYPES from these, so the same input reads the same everywhere. Widget orde
 nodes list these in their historical order, and inputs added later come after end_at, optional."""
 from __future__ import annotations
 
+import math
+
 from ..encoders import FACE_ORDERS
 from ..encoders.curation.selection import CURATE_MODES, THRESHOLD_INPUTS, Thresholds
 from ..encoders.regions import SHAPES, WHICH_FACES
@@ -67,8 +69,13 @@ def curation_options() -> dict:
 
 def curation_choice(curate: str = "off", **thresholds) -> tuple[str, Thresholds]:
     """The curation inputs as the node received them -> (mode, Thresholds); missing thresholds keep their defaults
-    (a workflow saved before they existed)."""
-    return curate, Thresholds(**{k: v for k, v in thresholds.items() if k in THRESHOLD_INPUTS})
+    (a workflow saved before they existed). The thresholds are checked (Thresholds refuses NaN, naming it) only where
+    they are used: with curate 'off' they choose nothing, so one that is not a finite number is left at its default
+    instead of stopping the node."""
+    given = {k: v for k, v in thresholds.items() if k in THRESHOLD_INPUTS}
+    if curate == "off":
+        given = {k: v for k, v in given.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return curate, Thresholds(**given)
 
 
 # --- Face mask, Crop face, Paste face (issue 24) ------------------------------------------------------------------

@@ -12,10 +12,11 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..encoders.curation.selection import Thresholds
-from ..pulid_flux import injection_points
+from ..pulid_flux import OFFICIAL, injection_points
 from ..pulid_flux.family import check_flux1
 from ..pulid_flux.identity_file import Identity
 from ..pulid_flux.identity_fingerprint import short_fingerprint
+from ..pulid_flux.weights import DOWNLOAD_HINT
 from ..pulid_flux.inputs import EmptyBatchError, check_apply_inputs, check_mask
 from ..pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper
 from . import encoding
@@ -33,8 +34,18 @@ def check_model(model, pulid: PulidModel) -> dict:
     hidden = getattr(model.model.diffusion_model, "hidden_size", pulid.model.cfg.img_dim)
     if hidden != pulid.model.cfg.img_dim:
         raise ValueError(f"This Flux model has hidden size {hidden}; {pulid.name} is made for "
-                         f"{pulid.model.cfg.img_dim}.")
+                         f"{pulid.model.cfg.img_dim}. {width_fix(hidden)}")
     return injection_points(n_double, n_single, pulid.model.cfg)
+
+
+def width_fix(hidden: int) -> str:
+    """What to load when the PuLID-Flux file and the model differ in width: FLUX.1's file, or the fix for a model of
+    another width."""
+    if hidden == OFFICIAL.img_dim:
+        return (f"Fix: FLUX.1 models (hidden size {hidden}) take pulid_flux_v0.9.1.safetensors, made for hidden size "
+                f"{OFFICIAL.img_dim}. {DOWNLOAD_HINT} Then pick it in Load PuLID-Flux Model.")
+    return (f"Fix: PuLID-Flux weights exist for FLUX.1 only (hidden size {OFFICIAL.img_dim}): connect a FLUX.1 model, "
+            f"and pulid_flux_v0.9.1.safetensors (in ComfyUI/models/pulid/) in Load PuLID-Flux Model.")
 
 
 def check_identity_matches(pulid, identity: Identity) -> None:

@@ -4,7 +4,8 @@
   GET  /pulid_flux/identities/fingerprint?name=NAME  -> 200 {"name", "fingerprint"}, with fingerprint null and an
        "error" when this server has no readable identity of that name (a lookup, not a failure: the frontend
        extension asks it for every Load identity it sees); 400 without a name
-  POST /pulid_flux/identities  multipart: `file` (the .safetensors), optional `name`, optional `overwrite`
+  POST /pulid_flux/identities  multipart: `file` (the .safetensors, or a card: the file it carries), optional `name`,
+       optional `overwrite`
        -> 200 {"name", "bytes", "fingerprint"}; 400 not an identity / bad name / malformed body; 409 exists (with
        "fingerprint" of the upload and "existing_fingerprint" of the file there); 413 over 16 MB.
 

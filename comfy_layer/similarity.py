@@ -8,7 +8,7 @@ import torch
 from ..encoders.curation.copying import describe, rank_best_of_n
 from ..encoders.curation.report import METADATA_KEY, parse_report
 from ..pulid_flux.identity_file import Identity
-from ..pulid_flux.inputs import check_images
+from ..pulid_flux.inputs import check_copy_penalty, check_images
 
 
 def face_similarity_node(faces, images, identity: Identity | None = None, reference=None,
@@ -19,6 +19,7 @@ def face_similarity_node(faces, images, identity: Identity | None = None, refere
     by similarity alone, as before); the node's UI message and outputs."""
     from ..encoders import similarity
 
+    check_copy_penalty(copy_penalty)
     check_images(images, "images")
     notes = []
     if identity is not None:

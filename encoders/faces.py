@@ -5,6 +5,7 @@ import contextlib
 import glob
 import logging
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -35,14 +36,45 @@ DEFAULT_DET_SIZES = (640, 512, 384, 320, 256)
 FACE_ORDERS = ("largest", "left-right", "right-left", "top-bottom", "bottom-top", "small-large", "large-small")
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet = {"users": 0, "filter": None}  # threads inside quiet_insightface; the filter entry they share
+
+
 @contextlib.contextmanager
 def quiet_insightface():
     """Silence the FutureWarnings insightface triggers in its own dependencies on every face (scikit-image's
-    deprecated `SimilarityTransform.estimate` in face_align), here only: the process's filters stay as they
-    are, so warnings about anything else still show."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"insightface(\.|$)")
+    deprecated `SimilarityTransform.estimate` in face_align) while a face is located or embedded: the process's
+    other filters stay as they are, so warnings about anything else still show.
+
+    Thread-safe: warnings.catch_warnings saves and restores the process-wide filter list (before Python 3.14), so two
+    threads overlapping in it restored each other's lists and could leave the filter installed for good. Here the
+    first thread in installs one filter entry, the last one out removes that entry (by identity) and nothing else."""
+    with _QUIET_LOCK:
+        if _quiet["users"] == 0:
+            before = list(warnings.filters)
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"insightface(\.|$)")
+            _quiet["filter"] = warnings.filters[0]
+            if len(warnings.filters) == len(before):  # the process had this filter already: keep it as it was
+                _quiet["filter"] = None
+                _set_filters(before)
+        _quiet["users"] += 1
+    try:
         yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet["users"] -= 1
+            if _quiet["users"] == 0:
+                entry, _quiet["filter"] = _quiet["filter"], None
+                kept = [f for f in warnings.filters if f is not entry]
+                if len(kept) != len(warnings.filters):
+                    _set_filters(kept)
+
+
+def _set_filters(filters: list) -> None:
+    warnings.filters[:] = filters
+    mutated = getattr(warnings, "_filters_mutated", None)  # tells the per-module warning caches (CPython 3.8-3.13)
+    if mutated is not None:
+        mutated()
 
 
 class Antelopev2Misplaced(EncoderModelError):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .curation.copying import CopyFigures, likeness_and_copy
+from .curation.copying import CopyFigures, likeness_and_copy, rank_scores
 from .faces import DEFAULT_DET_SIZES, DetectedFace, arcface_embedding, detect_faces, order_faces
 from .images import limit_long_side, to_rgb_list
 
@@ -25,7 +25,7 @@ class FaceScore:
 
     @property
     def best_box(self) -> np.ndarray | None:
-        return max(self.faces, key=lambda f: f[1])[0] if self.faces else None
+        return self.faces[rank_scores([f[1] for f in self.faces])[0]][0] if self.faces else None
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -79,7 +79,7 @@ def score_images(analysis, images, reference: torch.Tensor, det_sizes=DEFAULT_DE
             scores.append(FaceScore(0.0, [], "no face detected"))
             continue
         faces = [(face.bbox / scale, cosine(torch.from_numpy(emb), ref)) for face, emb, scale in found]
-        top = max(range(len(faces)), key=lambda k: faces[k][1])
+        top = rank_scores([f[1] for f in faces])[0]
         note = f"{len(faces)} faces, best shown" if len(faces) > 1 else ""
         face, embedding, scale = found[top]
         scores.append(FaceScore(faces[top][1], faces, note, embedding, face.kps / scale))
@@ -115,7 +115,7 @@ def annotate(rgb: np.ndarray, result: FaceScore) -> np.ndarray:
 def report(scores: list[FaceScore]) -> str:
     """One line per image plus the best, e.g. 'image 1: 0.731'."""
     lines = [f"image {i + 1}: {s.score:.4f}" + (f" ({s.note})" if s.note else "") for i, s in enumerate(scores)]
-    best = max(range(len(scores)), key=lambda i: scores[i].score) if scores else 0
+    best = rank_scores([s.score for s in scores])[0] if scores else 0
     if scores:
         lines.append(f"best: image {best + 1} ({scores[best].score:.4f}); ArcFace cosine similarity, 1 = same face")
     return "\n".join(lines)

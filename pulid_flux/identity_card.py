@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .identity_file import MAX_FILE_BYTES, Identity, IdentityFileError, identity_bytes, read_identity_bytes
+from .safetensors_file import parse_header
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CARD_CHUNK = b"puLi"
@@ -46,6 +47,8 @@ _FIXED = len(CARD_MAGIC) + 3               # magic, version, compression, finger
 CARD_FIX = ("use the original card file as Save identity (or `python -m pulid_tools identity --card`) wrote it, "
             "copied byte for byte, or load the .safetensors identity file instead.")
 AGAIN_FIX = "copy, download or upload the original card again; if it is damaged there too, save the card again."
+CRAFTED_FIX = ("use a card written by Save identity or `python -m pulid_tools identity --card` (this one was made or "
+               "altered by another program), or load the .safetensors identity file instead.")
 
 
 class IdentityCardError(IdentityFileError):
@@ -64,7 +67,8 @@ def _rebuild_card_error(path: str, problem: str, fix: str, reason: str) -> "Iden
     return IdentityCardError(path, problem, fix, reason=reason)
 
 
-REASONS = ("not_png", "no_identity", "damaged", "truncated", "newer_version", "too_large", "not_found", "unreadable")
+REASONS = ("not_png", "no_identity", "damaged", "truncated", "newer_version", "too_large", "not_found", "unreadable",
+           "not_an_identity")
 
 
 def _error(name: str, reason: str, problem: str, fix: str) -> IdentityCardError:
@@ -122,6 +126,9 @@ def card_bytes(preview_rgb_uint8, identity_file_bytes: bytes, fingerprint: str =
 
 
 # --- reading ----------------------------------------------------------------------------------------------
+_PICTURES = {b"\xff\xd8\xff": "a JPEG picture", b"RIFF": "a WebP picture", b"GIF8": "a GIF picture"}
+
+
 def _not_png(name: str, data: bytes) -> IdentityCardError:
     if not data:
         return _error(name, "not_png", "is empty (0 bytes): an interrupted copy or upload?", AGAIN_FIX)
@@ -129,8 +136,7 @@ def _not_png(name: str, data: bytes) -> IdentityCardError:
         return _error(name, "not_png", "is a .safetensors file (an identity file?), not an identity card.",
                       "load identity files with Load identity (models/pulid/identities) or upload them with "
                       "POST /pulid_flux/identities; cards are the .png files.")
-    kinds = {b"\xff\xd8\xff": "a JPEG picture", b"RIFF": "a WebP picture", b"GIF8": "a GIF picture"}
-    what = next((f"is {kind}" for magic, kind in kinds.items() if data.startswith(magic)), "is not a PNG file")
+    what = next((f"is {kind}" for magic, kind in _PICTURES.items() if data.startswith(magic)), "is not a PNG file")
     return _error(name, "not_png", f"{what}; only the PNG identity cards carry an identity (a converted copy has lost "
                   f"it).", CARD_FIX)
 
@@ -244,11 +250,53 @@ def identity_card_bytes(identity: Identity) -> bytes:
     return card_bytes(identity.preview, identity_bytes(identity), identity.fingerprint)
 
 
+def _carried_identity(data: bytes, name: str) -> Identity:
+    """The identity file a card carries, through the identity file reader. Its refusals keep their problem, but those
+    whose advice is about identity files (the wrong kind of file: a pickle, weights, other tensors) get the card's:
+    the user holds a card, and 'weights belong in models/pulid' sends them the wrong way."""
+    try:
+        return read_identity_bytes(data, name)
+    except IdentityFileError as e:
+        if e.fix != IdentityFileError.wrong_kind_fix:
+            raise
+        raise _error(e.path, "not_an_identity", f"the identity chunk does not hold an identity file: {e.problem}",
+                     CRAFTED_FIX) from None
+
+
 def load_identity_card(path: str) -> Identity:
     """An identity from a card on disk, through the identity file reader: the same Identity as the file it holds."""
-    return read_identity_bytes(read_card_file(path).identity_bytes, os.fspath(path))
+    return _carried_identity(read_card_file(path).identity_bytes, os.fspath(path))
 
 
 def read_identity_card(data: bytes, name: str) -> Identity:
     """An identity from a card's bytes (an upload)."""
-    return read_identity_bytes(read_card(data, name).identity_bytes, name)
+    return _carried_identity(read_card(data, name).identity_bytes, name)
+
+
+# --- bytes given where an identity file is expected (the upload route, queue/batch --identity) ----------------------
+def looks_like_safetensors(data: bytes) -> bool:
+    """Whether bytes start as a safetensors file does (8-byte length, then the JSON header's '{'): the one test a
+    client without torch makes before sending a file as it is (the server's reader checks the rest)."""
+    return len(data) > 8 and data[8:9] == b"{"
+
+
+def identity_file_in(data: bytes, name: str) -> tuple[bytes, Identity]:
+    """(identity file bytes, Identity) for any bytes given where an identity file is expected: the file itself, or
+    the file a card carries (a card works wherever a file does). Total: anything else raises IdentityFileError
+    (IdentityCardError for pictures and cards) naming `name`, what the bytes are and the fix: an empty file, a JPEG,
+    WebP or GIF (a converted copy of a card: the identity is gone), a PNG without an identity, another kind of file."""
+    data = bytes(data)
+    if is_png(data):
+        carried = read_card(data, name).identity_bytes
+        return carried, _carried_identity(carried, name)
+    if not data:
+        raise IdentityFileError(name, "is empty (0 bytes): an interrupted copy, download or upload?",
+                                "copy, download or upload the file again.")
+    picture = next((kind for magic, kind in _PICTURES.items() if data.startswith(magic)), None)
+    if picture is not None:
+        raise _error(name, "not_png", f"is {picture}, not an identity file or card: a copy of an identity card "
+                     f"converted to another format (or re-saved by an image editor or chat app) has lost the "
+                     f"identity it carried.", CARD_FIX)
+    if not looks_like_safetensors(data):
+        parse_header(name, data, len(data), IdentityFileError)  # names what it is (pickle, zip, HTML...)
+    return data, read_identity_bytes(data, name)

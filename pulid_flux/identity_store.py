@@ -5,8 +5,10 @@ refused, never cleaned up. Writes: a temporary file unique to the call in the ta
 (overwrite) or an atomic link that fails when the name exists (no overwrite); nothing is left behind on failure."""
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import tempfile
 import unicodedata
 
@@ -95,6 +97,67 @@ def write_file_atomically(data: bytes, path: str, overwrite: bool = False) -> st
         except FileNotFoundError:
             pass
     return path
+
+
+class NotWritten(OSError):
+    """write_files_together could not write `path` (nothing of the set is left behind); `error` is the OS's error."""
+
+    def __init__(self, path: str, error: OSError):
+        super().__init__(error.errno, error.strerror or str(error), path)
+        self.path, self.error = path, error
+
+
+def write_files_together(files: list[tuple[bytes, str]], overwrite: bool = False) -> list[str]:
+    """Write several files (data, path) as one: every file is first written whole under a temporary name in its own
+    folder, and only then are they given their names; if naming one fails, the names given before are taken back
+    (a replaced file gets its old content back). So either every file is written or none is, and the files that were
+    there stay as they were. Raises NotWritten naming the file that failed."""
+    targets = [os.path.abspath(os.fspath(path)) for _, path in files]
+    staged: list[str] = []
+    done: list[tuple[str, str | None]] = []  # (path, the backup of the file it replaced)
+    path = targets[0] if targets else ""
+    try:
+        for (data, _), path in zip(files, targets):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not overwrite and os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, exists_message(path), path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+            staged.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in zip(staged, targets):
+            backup = None
+            if overwrite and os.path.lexists(path):
+                backup = f"{tmp}.old"  # the old content keeps a name until every file is in place
+                try:
+                    os.link(path, backup)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(path, backup)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _link_new(tmp, path)
+            done.append((path, backup))
+    except OSError as e:
+        for written, backup in reversed(done):
+            try:
+                if backup:
+                    os.replace(backup, written)
+                else:
+                    os.remove(written)
+            except OSError:
+                pass
+        raise NotWritten(path, e) from None
+    finally:
+        for tmp in staged:
+            for leftover in (tmp, f"{tmp}.old"):
+                try:
+                    os.remove(leftover)
+                except OSError:  # gone already: renamed into place or put back
+                    pass
+    return targets
 
 
 def _link_new(tmp: str, path: str) -> None:

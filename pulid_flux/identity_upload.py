@@ -2,6 +2,9 @@
 write it with the identity writer. No ComfyUI imports (identity_routes.py registers it on ComfyUI's server), so it
 is tested in process.
 
+An identity card (PNG) is accepted as the identity file it carries, stored as NAME.safetensors; an empty file or a
+picture that is no card (a JPEG copy of one) is refused saying what it is.
+
 Whatever a client sends gets 200 or a 4xx with {"error": message}: 400 (not multipart, a field twice, a bad name,
 not a valid identity, a body cut short or malformed), 409 (the name exists, overwrite not set; the reply also gives
 both identities' fingerprints), 413 (over the
@@ -13,7 +16,8 @@ import errno
 import logging
 import os
 
-from .identity_file import MAX_FILE_BYTES, IdentityFileError, load_identity, read_identity_bytes
+from .identity_card import identity_file_in, is_png, looks_like_safetensors
+from .identity_file import MAX_FILE_BYTES, IdentityFileError, load_identity
 from .identity_store import IdentityNameError, identity_file_name, write_file_atomically
 
 log = logging.getLogger("PuLID-Flux")
@@ -101,12 +105,16 @@ def store_upload(data: bytes, file_name: str | None, name: str | None, overwrite
     if len(data) > MAX_FILE_BYTES:
         raise UploadError(413, f"{TOO_BIG} ({len(data):,} bytes)")
     chosen = name if name not in (None, "") else file_name
+    if is_png(data) and (chosen or "").lower().endswith(".png"):
+        chosen = chosen[:-len(".png")]  # a card named NAME.png gives NAME.safetensors
     try:
         target = identity_file_name(chosen or "")
     except IdentityNameError as e:
         raise UploadError(400, str(e)) from None
-    try:
-        fingerprint = read_identity_bytes(data, target).fingerprint
+    shown = file_name if file_name and not looks_like_safetensors(data) else target  # a card, a JPEG: as sent
+    try:  # a card is accepted as the identity file it carries; an empty file or a picture is named as such
+        data, identity = identity_file_in(data, shown)
+        fingerprint = identity.fingerprint
     except IdentityFileError as e:
         raise UploadError(400, f"not a PuLID-Flux identity: {e}") from None
     path = os.path.join(folder, target)

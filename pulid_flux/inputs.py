@@ -106,14 +106,28 @@ def check_mask(mask, name: str = "attn_mask") -> torch.Tensor | None:
     return mask
 
 
+def check_number(name: str, value) -> None:
+    """A FLOAT widget's value: ComfyUI's API lets NaN and inf through its min/max checks (every comparison with
+    NaN is false), so a number input is checked where it enters. Raises InputError naming the input."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}.")
+
+
 def check_apply_inputs(weight, start_at, end_at) -> None:
-    """weight, start_at, end_at of the Apply nodes. ComfyUI's API lets NaN through its min/max checks
-    (NaN weight gives a black image, NaN start_at silently turns the identity off)."""
+    """weight, start_at, end_at of the Apply nodes (NaN weight gives a black image, NaN start_at silently turns the
+    identity off)."""
     for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        check_number(name, value)
     if start_at > end_at:
         raise ValueError(f"start_at ({start_at}) must not be after end_at ({end_at}).")
+
+
+def check_copy_penalty(copy_penalty) -> None:
+    """Face similarity's copy_penalty: a NaN penalty made every ranking score NaN, and best_index silently fell
+    back to image 1."""
+    check_number("copy_penalty", copy_penalty)
+    if copy_penalty < 0:
+        raise InputError(f"copy_penalty must be 0 or more (0 ranks by similarity alone), got {copy_penalty!r}.")
 
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)

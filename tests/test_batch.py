@@ -74,7 +74,12 @@ def test_identity_upload_is_content_addressed_and_idempotent(fake, tmp_path):
 
 def test_identity_upload_refusals_are_clear(fake, tmp_path):
     path = tmp_path / "photo.safetensors"
-    path.write_bytes(b"not an identity at all")
+    path.write_bytes(b"not an identity at all")  # no safetensors file: refused here, before anything is sent
+    with pytest.raises(graphs.GraphError, match=r"--identity photo.safetensors: not a safetensors file"):
+        upload(fake.url, str(path))
+    assert fake.identities == {}
+    header = b'{"__metadata__": {"format": "another"}}'
+    path.write_bytes(len(header).to_bytes(8, "little") + header)  # a safetensors file: the server's reader decides
     with pytest.raises(comfy_api.ComfyError, match=r"uploading identity .*photo.safetensors to http://127.0.0.1:\d+ "
                                                    r"refused: photo-\w+.safetensors is not a PuLID-Flux identity"):
         upload(fake.url, str(path))
@@ -149,7 +154,9 @@ def test_an_identity_card_works_wherever_an_identity_file_does(fake, tmp_path, c
 
     from pulid_flux.identity_card import card_bytes
 
-    data = identity_bytes("ada")
+    from support.identity_samples import GOOD
+
+    data = GOOD  # a real identity file: the client reads a card's identity with the pack's reader before sending
     card, file = tmp_path / "ada.png", tmp_path / "ada.safetensors"
     card.write_bytes(card_bytes(np.full((4, 8, 3), 200, np.uint8), data))
     file.write_bytes(data)

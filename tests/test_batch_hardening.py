@@ -115,7 +115,7 @@ def test_out_unwritable_mid_run_stops_at_once_with_the_real_error_and_resumes(tm
     try:
         assert batch([server.url], face, str(prompts), out, "--seeds", "3") == 1
         err = capsys.readouterr().err
-        one_clear_line(err, "cannot write", str(out), "Not a directory", "run the same command again")
+        one_clear_line(err, "cannot write", f"{out} is a file, not a folder", "run the same command again")
         assert "no server left" not in err and "dropped" not in err
         assert len(server.prompts) == 3  # stopped at once: no job started after the failure
         out.unlink()
@@ -230,3 +230,88 @@ def test_batch_stops_when_comfyui_drops_an_output_and_says_why(tmp_path, face, p
     assert "Save Image [SaveImage] (node 15): Return type mismatch between linked nodes: images, " \
            "received_type(VAE) mismatch input_type(IMAGE)" in err
     assert len(server.prompts) == 1 and server.deleted == [server.prompts[0][0]]  # taken off the server's queue
+
+
+# --- issue 26: cards where a file is expected, a card and its file in one batch, the batch's own files -----------
+def cli(*args, timeout=120):
+    """The real command, as a user runs it."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-m", "pulid_tools", *args], cwd=repo, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def card_and_file(tmp_path):
+    """A real identity file, its card, a JPEG copy of the card (which lost the identity) and an empty file."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pulid_flux.identity_card import card_bytes
+    from support.identity_samples import GOOD
+
+    paths = {name: tmp_path / name for name in ("dana.safetensors", "dana.png", "dana.jpg", "empty.safetensors")}
+    paths["dana.safetensors"].write_bytes(GOOD)
+    paths["dana.png"].write_bytes(card_bytes(np.full((8, 8, 3), 150, np.uint8), GOOD))
+    jpeg = io.BytesIO()
+    Image.open(paths["dana.png"]).save(jpeg, "JPEG")
+    paths["dana.jpg"].write_bytes(jpeg.getvalue())
+    paths["empty.safetensors"].write_bytes(b"")
+    return {name: str(path) for name, path in paths.items()}
+
+
+def test_a_jpeg_copy_of_a_card_or_an_empty_file_is_named_and_never_uploaded(fake, tmp_path, prompts):
+    """Before: both were uploaded, and the user read the server's 'first bytes ff d8 ff e0 ...'."""
+    from support.batch_fixtures import IDENTITY_GRAPH
+
+    files = card_and_file(tmp_path)
+    for identity, expected in ((files["dana.jpg"], "--identity dana.jpg: is a JPEG picture, not an identity file or "
+                                                   "card: a copy of an identity card converted to another format"),
+                               (files["empty.safetensors"], "--identity empty.safetensors: is empty (0 bytes)")):
+        for command in (["queue", IDENTITY_GRAPH, "--out", str(tmp_path / "q")],
+                        ["batch", IDENTITY_GRAPH, "--prompts", prompts, "--out", str(tmp_path / "b")]):
+            result = cli(*command, "--server", fake.url, "--identity", identity)
+            assert result.returncode == 2 and expected in result.stderr and "Fix: " in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr
+    assert fake.identities == {} and fake.prompts == []
+
+
+def test_a_card_and_the_identity_file_inside_it_are_the_same_jobs(fake, tmp_path, prompts):
+    """Before: the card's bytes keyed the jobs, so the same batch with the file ran every job again (duplicates)."""
+    from support.batch_fixtures import IDENTITY_GRAPH
+
+    files = card_and_file(tmp_path)
+    out = tmp_path / "out"
+    args = ("batch", IDENTITY_GRAPH, "--server", fake.url, "--prompts", prompts, "--seeds", "2", "--out", str(out),
+            "--quiet")
+    first = cli(*args, "--identity", files["dana.png"])
+    assert first.returncode == 0 and len(fake.prompts) == 4, first.stderr
+    again = cli(*args, "--identity", files["dana.safetensors"])
+    assert again.returncode == 0 and "4 jobs (4 already done" in again.stderr, again.stderr
+    assert len(fake.prompts) == 4 and len(summary(str(out / "manifest.jsonl"))) == 4
+
+
+def test_keep_best_never_moves_the_batchs_own_files(fake, tmp_path, face, prompts):
+    """Before: a record naming manifest.jsonl made --keep-best move the manifest into rejected/ (exit 0), and the
+    next run redid every job."""
+    import json
+
+    out = tmp_path / "out"
+    args = ("batch", BASIC, "--server", fake.url, "--face", face, "--prompts", prompts, "--seeds", "2", "--out",
+            str(out), "--quiet", "--keep-best", "1")
+    assert cli(*args).returncode == 0 and len(fake.prompts) == 4
+    with open(out / "manifest.jsonl", "a", encoding="utf-8") as f:
+        for own in ("manifest.jsonl", "rejected", ".pulid_batch.lock"):
+            f.write(json.dumps({"key": "f" * 32, "status": "done", "prompt": "a knight", "files": [own],
+                                "scores": [2.0]}) + "\n")
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("names manifest.jsonl, the batch's own, not an image") == 1
+    assert "names rejected, the batch's own" in result.stderr and "names .pulid_batch.lock" in result.stderr
+    assert (out / "manifest.jsonl").is_file() and not (out / "rejected" / "manifest.jsonl").exists()
+    assert len(fake.prompts) == 4 and "4 jobs (4 already done" in result.stderr  # nothing redone
+    kept = [n for n in os.listdir(out) if n.endswith(".png")]
+    assert len(kept) == 2 and len(os.listdir(out / "rejected")) == 2  # one image per prompt kept

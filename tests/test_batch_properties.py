@@ -42,7 +42,11 @@ damaged_lines = st.one_of(
     st.sampled_from([b"1" * 5000, b"1e999", b"-Infinity", b"NaN", b"[" * 5000, b"\xff\xfe",
                      b'{"status": "done", "key": "k", "files": ["../x.png"]}',
                      b'{"status": "done", "key": "k", "files": ["a.png"], "scores": [1e999]}',
-                     b'{"status": "done", "key": "k", "files": ["a.png"], "prompt": ["x"]}']))
+                     b'{"status": "done", "key": "k", "files": ["a.png"], "prompt": ["x"]}',
+                     # the batch's own files: --keep-best moved manifest.jsonl into rejected/ (exit 0) before
+                     b'{"status": "done", "key": "k", "files": ["manifest.jsonl"], "scores": [0.1]}',
+                     b'{"status": "done", "key": "k", "files": ["a.png", "Rejected"], "scores": [0.9]}',
+                     b'{"status": "done", "key": "k", "files": [".pulid_batch.lock"]}']))
 
 
 @given(st.lists(st.one_of(done_records.map(lambda r: ("good", r)), damaged_lines.map(lambda b: ("bad", b))),

@@ -77,7 +77,14 @@ def test_a_pulid_file_made_for_another_width_is_still_refused(cenv):
                          layer.models.managed(weights.pulid_ca, torch.float32))
     before = _state(cenv.model)
     tokens = torch.zeros(1, TINY.num_queries, TINY.output_dim)
-    with pytest.raises(ValueError, match=f"This Flux model has hidden size 3072; tiny.safetensors is made for "
-                                         f"{TINY.img_dim}."):
+    with pytest.raises(ValueError) as refused:
         cenv.pack.comfy_layer.patching.patch_model(cenv.model, tiny, tokens, None, 1.0, 0.0, 1.0)
+    # the fix names the file that fits FLUX.1 and where it goes, not only the mismatch
+    assert str(refused.value) == (
+        f"This Flux model has hidden size 3072; tiny.safetensors is made for {TINY.img_dim}. Fix: FLUX.1 models "
+        "(hidden size 3072) take pulid_flux_v0.9.1.safetensors, made for hidden size 3072. Download "
+        "pulid_flux_v0.9.1.safetensors (or v0.9.0) from https://huggingface.co/guozinan/PuLID into "
+        "ComfyUI/models/pulid/. Then pick it in Load PuLID-Flux Model.")
+    assert cenv.pack.comfy_layer.patching.width_fix(2048).startswith(
+        "Fix: PuLID-Flux weights exist for FLUX.1 only (hidden size 3072): connect a FLUX.1 model")
     assert _state(cenv.model) == before

@@ -103,10 +103,27 @@ def test_face_similarity_checks_images_and_reference(env):
             (dict(images=torch.zeros(0, 64, 64, 3), reference=env.image), "images is an empty batch (0 images)"),
             (dict(images=env.image, reference=torch.zeros(0, 64, 64, 3)), "reference is an empty batch (0 images)"),
             (dict(images=torch.full((2, 64, 64, 3), NAN), reference=env.image), "images holds NaN values (images 1, 2"),
-            (dict(images=env.image, reference=env.image * NAN), "reference holds NaN values (the image)")):
+            (dict(images=env.image, reference=env.image * NAN), "reference holds NaN values (the image)"),
+            # before: every ranking score NaN, and best_index/best_image silently image 1
+            (dict(images=env.image, reference=env.image, copy_penalty=NAN), "copy_penalty must be a finite number"),
+            (dict(images=env.image, reference=env.image, copy_penalty=-INF), "copy_penalty must be a finite number"),
+            (dict(images=env.image, reference=env.image, copy_penalty=-0.5), "copy_penalty must be 0 or more")):
         with pytest.raises(ValueError) as e:
             score(env.faces, **kwargs)
         assert str(e.value).startswith(message)
+
+
+def test_a_nan_curation_threshold_is_refused_only_where_curation_reads_it(env):
+    """Before: min_consistency = NaN stopped Apply even with curate 'off', where no threshold chooses anything."""
+    off = apply(env, curate="off", min_consistency=NAN, max_yaw=INF)[0]
+    assert torch.equal(sample(env, off), sample(env, apply(env)[0]))
+    for curate in ("warn", "drop", "weight"):
+        for run in (lambda: apply(env, curate=curate, min_consistency=NAN),
+                    lambda: node(env, "PulidFluxEncodeIdentity").encode(env.pulid, env.eva, env.faces, env.image,
+                                                                        curate=curate, min_consistency=NAN)):
+            with pytest.raises(ValueError, match="curation threshold min_consistency must be a number, got nan"):
+                run()
+    assert unpatched(env.model)
 
 
 def test_rgba_and_gray_images_are_read_as_rgb(env):

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from support import curation_fixtures as fx
 from encoders.curation.copying import (POSE_TOLERANCE, TYPICAL_SAME_PERSON_COSINE, describe, landmark_distance,
-                                       likeness_and_copy, rank_best_of_n)
+                                       likeness_and_copy, rank_best_of_n, rank_scores)
 from encoders.curation.figures import ARCFACE_DIM, measure_references
 from encoders.curation.preview import DROPPED_RGB, annotate_previews, annotate_reference
 from encoders.curation.report import REPORT_FORMAT, build_report, parse_report, render_table
@@ -104,6 +104,24 @@ def test_ranking_defaults_to_likeness_and_can_penalise_copies():
     assert rank_best_of_n(likeness, copy, copy_penalty=0.5) == [2, 3, 0, 1]
     with pytest.raises(ValueError, match="copy scores"):
         rank_best_of_n(likeness, None, copy_penalty=0.5)
+
+
+def test_a_non_finite_score_ranks_last_instead_of_freezing_the_ranking():
+    """Before: sorted() with a NaN key left image 1 first whatever the others scored (the NaN copy_penalty case:
+    every score NaN, best_index 0), and one NaN likeness stopped the images after it from being compared."""
+    nan, inf = float("nan"), float("inf")
+    assert rank_best_of_n([nan, 0.2, 0.9, 0.5]) == [2, 3, 1, 0]
+    assert rank_best_of_n([0.3, 0.8, 0.4], [0.0, nan, 0.1], copy_penalty=1.0) == [2, 0, 1]
+    assert rank_scores([0.1, -inf, inf, nan, 0.7]) == [4, 0, 1, 2, 3]
+
+
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=12))
+def test_rank_scores_is_a_permutation_with_the_finite_scores_first_in_order(scores):
+    order = rank_scores(scores)
+    assert sorted(order) == list(range(len(scores)))
+    finite = [i for i in order if np.isfinite(scores[i])]
+    assert order[:len(finite)] == finite and all(not np.isfinite(scores[i]) for i in order[len(finite):])
+    assert [scores[i] for i in finite] == sorted((scores[i] for i in finite), reverse=True)
 
 
 # --- the report ---------------------------------------------------------------------------------------------------

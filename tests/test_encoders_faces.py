@@ -266,3 +266,55 @@ def test_insightface_future_warnings_are_silenced_at_the_call_site_only(analysis
         warnings.simplefilter("always")
         _warn_from_module("insightface.utils.face_align", "`estimate` is deprecated")
     assert len(caught) == 1  # outside the call sites, the same warning still shows
+
+
+def test_two_threads_locating_faces_at_once_leave_the_warnings_filters_as_they_were(analysis):
+    """Before: quiet_insightface used warnings.catch_warnings, which saves and restores the process-wide filter list;
+    thread A in, B in, A out (restores the list without the filter), B out (restores A's list, filter included):
+    the filter stayed installed for good, hiding insightface's FutureWarnings everywhere."""
+    import threading
+
+    from encoders.faces import quiet_insightface
+
+    filters_before = list(warnings.filters)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def thread_a():
+        with quiet_insightface():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def thread_b():
+        a_in.wait(10)
+        with quiet_insightface():
+            b_in.set()
+            a_out.wait(10)
+            with warnings.catch_warnings(record=True) as caught:  # A has left: still quiet while B is inside
+                _warn_from_module("insightface.utils.face_align", "`estimate` is deprecated")
+            seen["inside"] = len(caught)
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"inside": 0} and warnings.filters == filters_before
+
+    bgr = astronaut_bgr()
+    alone, _ = detect_faces(analysis, bgr)
+    results = []
+
+    def locate():
+        for _ in range(6):
+            faces, _ = detect_faces(analysis, bgr)
+            results.append((faces[0].bbox.tolist(), arcface_embedding(analysis, bgr, faces[0]).tolist()))
+
+    workers = [threading.Thread(target=locate) for _ in range(2)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(120)
+    assert warnings.filters == filters_before and len(results) == 12
+    assert all(r == (alone[0].bbox.tolist(), arcface_embedding(analysis, bgr, alone[0]).tolist()) for r in results)

@@ -340,3 +340,50 @@ def test_valid_cards_round_trip(seed, tokens, width, fingerprint):
     preview, data = tiny_identity_bytes(seed, tokens, width)
     contents = read_card(card_bytes(preview, data, fingerprint), "card.png")
     assert (contents.identity_bytes, contents.fingerprint) == (data, fingerprint)
+
+
+# --- a card's chunk holding something else; bytes given where an identity file is expected ---------------------------
+def test_a_pickle_inside_a_cards_chunk_gets_the_cards_advice_not_the_identity_files():
+    """Before: 'PuLID-Flux weights belong in models/pulid' for a card whose chunk holds a pickle."""
+    pickled = pickle.dumps({"id_tokens": [1.0, 2.0]}, protocol=4)
+    crafted = with_identity_chunk(TINY_CARD, payload(size=len(pickled), stream=zlib.compress(pickled)))
+    for read in (lambda: card.read_identity_card(crafted, "alice.png"),
+                 lambda: card.identity_file_in(crafted, "alice.png")):
+        with pytest.raises(IdentityCardError) as e:
+            read()
+        text = str(e.value)
+        assert e.value.reason == "not_an_identity" and text.startswith(
+            "alice.png: the identity chunk does not hold an identity file: not a safetensors file: it is a Python "
+            "pickle"), text
+        assert "Fix: use a card written by Save identity" in text and "models/pulid" not in text
+
+
+def test_bytes_where_an_identity_file_is_expected_are_the_file_a_cards_file_or_named_for_what_they_are():
+    """One reader for the upload route and queue/batch --identity. Before: a card POSTed to the route, a JPEG copy
+    of a card or an empty file were all 'not a safetensors file (first bytes ...)'."""
+    assert card.identity_file_in(TINY_IDENTITY, "a.safetensors")[0] == TINY_IDENTITY
+    data, identity = card.identity_file_in(TINY_CARD, "a.png")
+    assert data == TINY_IDENTITY and torch.equal(identity.id_tokens, fmt.read_identity_bytes(TINY_IDENTITY).id_tokens)
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(TINY_CARD)).convert("RGB").save(jpeg, "JPEG")
+    for data, start, fix in (
+            (jpeg.getvalue(), "a.jpg: is a JPEG picture, not an identity file or card: a copy of an identity card "
+                              "converted to another format", "Fix: use the original card file"),
+            (b"", "a.jpg: is empty (0 bytes): an interrupted copy, download or upload?", "Fix: copy, download or"),
+            (b"\x80\x04" + b"x" * 30, "a.jpg: not a safetensors file: it is a Python pickle",
+             "Fix: Make identity files"),
+            (pil_png(), "a.jpg: is a PNG picture with no PuLID-Flux identity inside", "Fix: use the original card")):
+        with pytest.raises(IdentityFileError) as e:
+            card.identity_file_in(data, "a.jpg")
+        assert str(e.value).startswith(start) and fix in str(e.value), str(e.value)
+
+
+@given(st.sampled_from([b"", card.PNG_SIGNATURE, TINY_CARD[:40], b"\xff\xd8\xff", TINY_IDENTITY[:20]]),
+       st.binary(max_size=300))
+def test_identity_file_in_gives_an_identity_or_its_error_for_any_bytes(head, tail):
+    try:
+        data, identity = card.identity_file_in(head + tail, "x.bin")
+    except IdentityFileError as e:
+        assert str(e).startswith("x.bin: ") and "\n  Fix: " in str(e)
+    else:
+        assert isinstance(identity, fmt.Identity) and isinstance(data, bytes)

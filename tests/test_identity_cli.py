@@ -182,3 +182,82 @@ def test_card_is_a_png_not_overwritten_and_one_output_is_needed(tmp_path):
     result = run("--face", "x.png", "--models", str(tmp_path))
     assert result.returncode == 1 and "give --out NAME.safetensors, --card NAME.png, or both" in result.stderr
     assert os.listdir(tmp_path) == ["a.png"] and existing.read_bytes() == b"keep"
+
+
+# --- destinations checked before the encode, written as one (issue 26) -----------------------------------------
+def unwritable_folder(tmp_path):
+    """A folder this process cannot create files in: a read-only folder, or where root writes anywhere, sysfs."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    for candidate in (str(folder), "/sys"):
+        try:
+            with open(os.path.join(candidate, ".probe"), "wb"):
+                pass
+            os.remove(os.path.join(candidate, ".probe"))
+        except OSError:
+            return candidate
+    pytest.fail("no folder here refuses writes (not even /sys)")
+
+
+def test_an_unusable_out_or_card_is_refused_before_anything_is_loaded(tmp_path):
+    """Before: a raw PermissionError traceback on the temporary file, after the whole encode; `[Errno 17] File
+    exists` for a path under a regular file. The models folder here is empty: a destination checked after the models
+    were looked for would get 'no PuLID-Flux weights' instead."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    locked = unwritable_folder(tmp_path)
+    good_out, good_card = tmp_path / "new" / "a.safetensors", tmp_path / "new2" / "a.png"
+    folder_png = tmp_path / "cards.png"
+    folder_png.mkdir()
+    (tmp_path / "empty_models").mkdir()
+    for args, expected in (
+            (["--out", str(blocker / "sub" / "a.safetensors")],
+             f"error: --out {blocker / 'sub' / 'a.safetensors'}: cannot create or write {blocker / 'sub'}: {blocker} "
+             f"is a file, not a folder. Fix: give --out a path in a folder you can write to"),
+            (["--out", str(good_out), "--card", str(blocker / "a.png")],
+             f"error: --card {blocker / 'a.png'}: cannot create or write {blocker}: a file of that name is in the way "
+             f"(not a folder). Fix: give --card a path in a folder you can write to"),
+            (["--out", os.path.join(locked, "a.safetensors")], f"error: --out {os.path.join(locked, 'a.safetensors')}:"
+                                                               f" cannot create or write {locked}"),
+            (["--out", str(good_out), "--card", os.path.join(locked, "a.png")], f"error: --card "
+                                                                                f"{os.path.join(locked, 'a.png')}"),
+            (["--card", str(folder_png)], f"error: --card {folder_png}: is a folder; give a file name")):
+        result = run("--face", "x.png", "--models", str(tmp_path / "empty_models"), *args)
+        assert result.returncode == 1 and result.stderr.startswith(expected), (args, result.stderr)
+        assert "Traceback" not in result.stderr and "Errno" not in result.stderr
+        assert not good_out.parent.exists() and not good_card.parent.exists()  # no half of the pair, no new folder
+    good = run("--face", "x.png", "--models", str(tmp_path / "empty_models"), "--out", str(good_out), "--card",
+               str(good_card))
+    assert good.returncode == 1 and "no PuLID-Flux weights" in good.stderr  # writable: on to the models
+    assert not good_out.parent.exists() and not good_card.parent.exists()  # made for the check, removed on failure
+
+
+def test_out_and_card_are_written_as_one(tmp_path, monkeypatch):
+    """A failure while the pair is given its names takes back what was written: both files or neither, and a file
+    that --overwrite was replacing keeps its old content."""
+    from pulid_flux import identity_store
+
+    out, card = tmp_path / "a.safetensors", tmp_path / "a.png"
+    real_link = identity_store._link_new
+    calls = []
+
+    def second_fails(tmp, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied", path)
+        real_link(tmp, path)
+
+    monkeypatch.setattr(identity_store, "_link_new", second_fails)
+    with pytest.raises(identity_store.NotWritten) as e:
+        identity_store.write_files_together([(b"identity", str(out)), (b"card", str(card))])
+    assert e.value.path == str(card) and os.listdir(tmp_path) == []  # the first file was taken back, no temp file
+    out.write_bytes(b"old identity")
+    card.mkdir()  # replacing a folder fails after the first file was replaced
+    with pytest.raises(identity_store.NotWritten):
+        identity_store.write_files_together([(b"new identity", str(out)), (b"card", str(card))], overwrite=True)
+    assert out.read_bytes() == b"old identity" and sorted(os.listdir(tmp_path)) == ["a.png", "a.safetensors"]
+    card.rmdir()
+    assert identity_store.write_files_together([(b"new identity", str(out)), (b"card", str(card))],
+                                               overwrite=True) == [str(out), str(card)]
+    assert out.read_bytes() == b"new identity" and card.read_bytes() == b"card" and len(os.listdir(tmp_path)) == 2

@@ -166,8 +166,19 @@ def server(tmp_path_factory):
     srv.close()
 
 
-names = st.none() | st.text(max_size=20) | st.sampled_from(["ok", "a.safetensors", "../x", "con", "abc\n"])
-contents = st.sampled_from([GOOD, GOOD[:100], b"", b"\x80\x04junk"]) | st.binary(max_size=64)
+def _card_of_good():
+    import numpy as np
+
+    from pulid_flux.identity_card import card_bytes
+
+    return card_bytes(np.full((2, 4, 3), 7, np.uint8), GOOD)
+
+
+CARD = _card_of_good()  # a card is accepted as the file it carries; a cut one, a JPEG, an empty file get a 400
+names = st.none() | st.text(max_size=20) | st.sampled_from(["ok", "a.safetensors", "../x", "con", "abc\n", "c.png",
+                                                            ".png"])
+contents = (st.sampled_from([GOOD, GOOD[:100], b"", b"\x80\x04junk", CARD, CARD[:200], b"\xff\xd8\xff\xe0junk"])
+            | st.binary(max_size=64))
 parts = st.tuples(st.sampled_from(["file", "name", "overwrite", "other", ""]), names, contents)
 
 

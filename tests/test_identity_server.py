@@ -100,6 +100,26 @@ def test_upload_refuses_a_file_that_is_not_an_identity(server, identity_bytes):
     assert "bad.safetensors" not in os.listdir(identities_folder(server))
 
 
+def test_a_card_uploads_as_the_identity_file_it_carries_and_a_jpeg_copy_is_named(server, identity_bytes):
+    """Before: a card was refused as 'not a safetensors file (first bytes 89 50 4e 47 ...)' (issue 26 item 9)."""
+    import io
+
+    import numpy as np
+
+    from pulid_flux.identity_card import card_bytes
+
+    card = card_bytes(np.full((8, 8, 3), 60, np.uint8), identity_bytes)
+    status, body = post(server, "Carded.png", card)
+    assert (status, body) == (200, {"name": "Carded.safetensors", "bytes": len(identity_bytes)})
+    with open(os.path.join(identities_folder(server), "Carded.safetensors"), "rb") as f:
+        assert f.read() == identity_bytes
+    assert "Carded.safetensors" in server.get_json(ROUTE)["identities"]
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(card)).save(jpeg, "JPEG")
+    status, body = post(server, "Carded copy.jpg", jpeg.getvalue())
+    assert status == 400 and "Carded copy.jpg: is a JPEG picture, not an identity file or card" in body["error"]
+
+
 def test_upload_refuses_an_oversize_body(server, identity_bytes):
     big = identity_bytes + b"\0" * (16 * 2**20)
     status, body = post(server, "big.safetensors", big)

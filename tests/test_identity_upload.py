@@ -151,3 +151,31 @@ def test_a_nested_multipart_part_is_a_400(server):
             b"\r\n\r\n" + inner + b"\r\n--out--\r\n")
     status, answer = server.post(body, "multipart/form-data; boundary=out")
     assert status == 400 and "nested multipart parts are not accepted" in answer["error"], answer
+
+
+def test_a_card_is_stored_as_the_identity_file_it_carries_and_pictures_are_named(server):
+    """Before: a card was refused as 'not a safetensors file (first bytes 89 50 4e 47 ...)' with advice about identity
+    files, and so were a JPEG copy of one and an empty file."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pulid_flux.identity_card import card_bytes
+
+    card = card_bytes(np.full((4, 8, 3), 90, np.uint8), GOOD)
+    assert upload(server, "Dana.png", card) == (200, {"name": "Dana.safetensors", "bytes": len(GOOD)})
+    assert open(os.path.join(server.folder, "Dana.safetensors"), "rb").read() == GOOD
+    assert upload(server, "x.png", card, name="dana2")[1]["name"] == "dana2.safetensors"
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(card)).save(jpeg, "JPEG")
+    resaved = io.BytesIO()
+    Image.open(io.BytesIO(card)).save(resaved, "PNG")  # the pixels only: the identity chunk is gone
+    for name, data, message in (
+            ("Dana copy.jpg", jpeg.getvalue(), "not a PuLID-Flux identity: Dana copy.jpg: is a JPEG picture, not an "
+                                               "identity file or card"),
+            ("empty.safetensors", b"", "not a PuLID-Flux identity: empty.safetensors: is empty (0 bytes)"),
+            ("resaved.png", resaved.getvalue(), "resaved.png: is a PNG picture with no PuLID-Flux identity inside")):
+        status, body = upload(server, name, data)
+        assert status == 400 and message in body["error"], body
+    assert not {"Dana copy.jpg.safetensors", "empty.safetensors", "resaved.safetensors"} & set(server.files())

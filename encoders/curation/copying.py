@@ -101,10 +101,22 @@ def describe(figures: CopyFigures) -> str:
 def rank_best_of_n(likeness: Sequence[float], copy: Sequence[float] | None = None,
                    copy_penalty: float = 0.0) -> list[int]:
     """Image indices, best first, by likeness - copy_penalty * copy. The default (no penalty) is today's ranking
-    by likeness alone; ties keep the earlier image first (as max() picks the first)."""
+    by likeness alone; ties keep the earlier image first (as max() picks the first); an image whose score is not
+    finite (NaN, inf) ranks after every finite one (rank_scores)."""
     if copy_penalty and copy is None:
         raise ValueError("rank_best_of_n: a copy penalty needs the copy scores.")
     if copy is not None and len(copy) != len(likeness):
         raise ValueError(f"rank_best_of_n: {len(likeness)} likeness scores but {len(copy)} copy scores.")
-    score = [float(x) - (copy_penalty * float(copy[i]) if copy_penalty else 0.0) for i, x in enumerate(likeness)]
-    return sorted(range(len(score)), key=lambda i: (-score[i], i))
+    return rank_scores([float(x) - (copy_penalty * float(copy[i]) if copy_penalty else 0.0)
+                        for i, x in enumerate(likeness)])
+
+
+def rank_scores(scores: Sequence[float]) -> list[int]:
+    """Indices, highest score first, ties in index order. Every ranking of scores goes through here: NaN compares
+    false with everything, so sorted() and max() would leave it (and all after it) wherever it happened to be;
+    here a non-finite score ranks last."""
+    def key(i: int):
+        value = float(scores[i])
+        return (0, -value, i) if math.isfinite(value) else (1, 0.0, i)
+
+    return sorted(range(len(scores)), key=key)

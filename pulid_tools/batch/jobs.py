@@ -1,8 +1,10 @@
 """Batch jobs: the prompts file (text or JSONL) x seeds, each job's filled graph and its key.
 
-A job's key is a hash of its filled graph, with each reference photo / identity file standing for the
-sha256 of its bytes (the names a server gives uploads differ between servers and runs), so the same
-arguments give the same keys and a resumed batch recognises what is done."""
+A job's key is a hash of its filled graph, with each reference photo standing for the sha256 of its bytes and
+the identity for the sha256 of its identity file (the file itself, or the one a card carries), since the names a
+server gives uploads differ between servers and runs. So the same arguments give the same keys, a resumed batch
+recognises what is done, and a card and the identity file inside it are the same jobs. (For an identity file the
+key is what it always was; a batch begun from a card before this rule runs its jobs once more.)"""
 from __future__ import annotations
 
 import copy
@@ -13,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..comfy_http import graph as graphs
-from ..comfy_http.api import content_digest
+from ..comfy_http.api import content_digest, identity_file_bytes
 
 JOB_FIELDS = ("prompt", "negative", "seed", "weight", "face", "set")
 
@@ -114,6 +116,14 @@ def placeholder(path: str, digests: dict) -> str:
     return digests[path]
 
 
+def identity_placeholder(path: str, digests: dict) -> str:
+    """The identity's stand-in in the key: the sha256 of its identity file's bytes, whether --identity names the
+    file or a card carrying it."""
+    if path not in digests:
+        digests[path] = "sha256:" + hashlib.sha256(identity_file_bytes(path)).hexdigest()
+    return digests[path]
+
+
 def make_jobs(base: dict, prompts_path: str, seeds: int, faces: list[str], identity: str | None,
               assignments: list[str]) -> tuple[list[Job], int]:
     """(jobs, duplicates dropped). Lines without a seed give `seeds` jobs (seeds 0..N-1); a JSONL line
@@ -139,7 +149,7 @@ def make_jobs(base: dict, prompts_path: str, seeds: int, faces: list[str], ident
                 if job_faces:
                     graphs.set_images(graph, [placeholder(p, digests) for p in job_faces])
                 if identity:
-                    graphs.set_identity(graph, placeholder(identity, digests))
+                    graphs.set_identity(graph, identity_placeholder(identity, digests))
             except graphs.GraphError as e:
                 raise graphs.GraphError(f"{where}: {e}") from e
             key = hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).hexdigest()[:32]

@@ -28,6 +28,9 @@ class OutputError(Exception):
     """--out (or its manifest) cannot be created, read or written; the message names the path and the reason."""
 
 
+_OWN_NAMES = {NAME, LOCK, REJECTED}  # lower case: a case-insensitive file system sees Manifest.JSONL as the manifest
+
+
 def _plain_name(name) -> bool:
     return (isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
             and "/" not in name and "\\" not in name and name.isprintable())
@@ -52,6 +55,9 @@ def record_problem(record) -> str | None:
     files = record.get("files")
     if not isinstance(files, list) or not files or not all(_plain_name(f) for f in files):
         return "\"files\" is not a list of file names in the output folder"
+    own = next((f for f in files if f.lower() in _OWN_NAMES), None)
+    if own is not None:  # --keep-best would move it into rejected/ (and the next run redo everything)
+        return f"\"files\" names {own}, the batch's own, not an image"
     scores = record.get("scores")
     if scores is not None and not (isinstance(scores, list) and all(_finite_number(x) for x in scores)):
         return "\"scores\" is not a list of numbers"
@@ -96,15 +102,32 @@ def read_manifest(path: str) -> tuple[dict[str, dict], list[str]]:
 
 
 def os_reason(error: OSError) -> str:
-    """The OS's reason, worded for a path where a folder was expected."""
-    if isinstance(error, FileExistsError):
+    """The OS's reason, worded for a path where a folder was expected (a regular file in the way names that file
+    rather than '[Errno 17] File exists')."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        blocker = _file_in_the_way(error.filename)
+        if blocker is not None and os.fspath(blocker) != os.fspath(error.filename):
+            return f"{blocker} is a file, not a folder"
         return "a file of that name is in the way (not a folder)"
     return error.strerror or str(error)
 
 
-def check_output_folder(folder: str, *subfolders: str) -> list[str]:
+def _file_in_the_way(path) -> str | None:
+    """The first existing non-folder on the way to `path` (path itself included), if any."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return None
+    path = os.path.abspath(os.fsdecode(path))
+    parts = []
+    while os.path.dirname(path) != path:
+        parts.append(path)
+        path = os.path.dirname(path)
+    return next((p for p in reversed(parts) if os.path.exists(p) and not os.path.isdir(p)), None)
+
+
+def check_output_folder(folder: str, *subfolders: str, option: str | None = None) -> list[str]:
     """Create `folder` (and subfolders) if needed and write a file there, so an --out that cannot be used
-    is reported before any work; returns the folders created (deepest last). Raises OutputError."""
+    is reported before any work; returns the folders created (deepest last). Raises OutputError, whose message
+    starts with `option` (default '--out FOLDER')."""
     created = []
     try:
         for path in [folder] + [os.path.join(folder, s) for s in subfolders]:
@@ -122,7 +145,8 @@ def check_output_folder(folder: str, *subfolders: str) -> list[str]:
                 os.close(fd)
                 os.remove(probe)
     except OSError as e:
-        raise OutputError(f"--out {folder}: cannot create or write {e.filename or folder}: {os_reason(e)}") from None
+        raise OutputError(f"{option or f'--out {folder}'}: cannot create or write {e.filename or folder}: "
+                          f"{os_reason(e)}") from None
     return created
 
 
@@ -231,7 +255,7 @@ class Manifest:
                 keep = rank < best
                 here, there = os.path.join(self.folder, name), os.path.join(rejected_dir, name)
                 source, target = (there, here) if keep else (here, there)
-                if os.path.exists(source) and not os.path.exists(target):
+                if os.path.isfile(source) and not os.path.exists(target):  # images only, never a folder
                     try:
                         os.makedirs(os.path.dirname(target), exist_ok=True)
                         os.replace(source, target)

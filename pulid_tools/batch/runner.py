@@ -107,6 +107,9 @@ class BatchRunner:
             task.cancel()
         outcomes = await workers
         all_done.cancel()
+        closed = next((o for o in outcomes if isinstance(o, BrokenPipeError)), None)
+        if closed is not None:
+            raise closed  # our output is gone (`| head`): python -m pulid_tools ends quietly
         bugs = [o for o in outcomes if isinstance(o, Exception)]
         if bugs and self.result.fatal is None:
             self.result.fatal = f"internal error: {type(bugs[0]).__name__}: {bugs[0]}"
@@ -144,6 +147,13 @@ class BatchRunner:
 
     # --- one worker: one of the K slots of a server ---------------------------------------------------
     async def _worker(self, server: Server) -> None:
+        try:
+            await self._work(server)
+        except BrokenPipeError:  # printing failed: the reader of our output left; stop as a Unix tool would
+            self.stop(interrupted=False)
+            raise
+
+    async def _work(self, server: Server) -> None:
         async with ComfyAPI(server.url, self.reply_timeout) as api:
             ws = None
             try:

@@ -19,7 +19,6 @@ from . import graph as graphs
 from ..versions import PACK_VERSION
 
 IDENTITY_ROUTE = "/pulid_flux/identities"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # an identity card (pulid_flux/identity_card.py)
 WS_MAX_MESSAGE = 64 * 1024 * 1024  # previews are the largest messages ComfyUI sends
 REPLY_TIMEOUT_S = 15.0  # a ComfyUI answers every request in well under a second, even while it samples
 HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?"
@@ -83,23 +82,26 @@ def content_digest(path: str) -> str:
 
 def identity_file_bytes(path: str) -> bytes:
     """The identity that --identity names: the .safetensors file's bytes, or the identity file inside an identity
-    card (.png), so a card works wherever an identity file does. A card without a readable identity raises
-    GraphError with the card reader's message (before anything is sent)."""
+    card (.png), so a card works wherever an identity file does. Bytes shaped like a safetensors file are sent as
+    they are (the server's reader checks them; no torch needed here); anything else (a card, a JPEG copy of one, an
+    empty file, a pickle) goes to the pack's one reader of such bytes, pulid_flux/identity_card.identity_file_in,
+    whose refusal becomes a GraphError before anything is sent."""
     with open(path, "rb") as f:
         content = f.read()
-    if not content.startswith(PNG_SIGNATURE):
+    if len(content) > 8 and content[8:9] == b"{":  # identity_card.looks_like_safetensors, without importing torch
         return content
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if root not in sys.path:
         sys.path.append(root)  # the card reader is the pack's (pulid_flux/identity_card.py); appended, never first
     try:
-        from pulid_flux.identity_card import IdentityCardError, identity_bytes_from_card
+        from pulid_flux.identity_card import identity_file_in
+        from pulid_flux.identity_file import IdentityFileError
     except ImportError as e:
-        raise graphs.GraphError(f"--identity {path}: reading identity cards needs the pack's pulid_flux (torch): {e}; "
-                                f"give the .safetensors identity file instead") from None
+        raise graphs.GraphError(f"--identity {path}: not a .safetensors file (first bytes {content[:8].hex(' ')}); "
+                                f"reading it as an identity card needs the pack's pulid_flux (torch): {e}") from None
     try:
-        return identity_bytes_from_card(content, path)
-    except IdentityCardError as e:
+        return identity_file_in(content, path)[0]
+    except IdentityFileError as e:
         raise graphs.GraphError(f"--identity {e}") from None
 
 

@@ -216,29 +216,80 @@ def check_outputs(args) -> tuple[str | None, str | None]:
         card = os.path.abspath(args.card)
         if not card.lower().endswith(".png"):
             raise SetupError(f"--card {args.card}: identity cards are PNG files (NAME.png)")
-    for option, path in (("--out", out), ("--card", card)):
+    for option, given, path in (("--out", args.out, out), ("--card", args.card, card)):
+        if path and os.path.isdir(path):
+            raise SetupError(f"{option} {given}: is a folder; give a file name ({option} "
+                             f"{os.path.join(given, 'NAME.png' if option == '--card' else 'NAME.safetensors')})")
         if path and os.path.exists(path) and not args.overwrite:
             raise SetupError(f"{option} {path} exists: choose another name or add --overwrite")
     return out, card
 
 
-def write_outputs(identity, out: str | None, card: str | None, overwrite: bool) -> list[str]:
-    from pulid_flux.identity_card import identity_card_bytes
-    from pulid_flux.identity_file import save_identity
-    from pulid_flux.identity_store import write_file_atomically
+def check_destinations(args, out: str | None, card: str | None) -> list[str]:
+    """Both destinations' folders are created if needed and written to (a probe file) before any model is loaded,
+    as batch checks --out: an encode that cannot be saved is refused at once. Returns the folders created (removed
+    again when the command fails). Raises SetupError naming the argument and the fix."""
+    from ..batch.manifest import OutputError, check_output_folder
 
-    if out:
-        save_identity(identity, out, overwrite=overwrite)
-    if card:
-        write_file_atomically(identity_card_bytes(identity), card, overwrite)
-    return [p for p in (out, card) if p]
+    created: list[str] = []
+    for option, given, path in (("--out", args.out, out), ("--card", args.card, card)):
+        if not path:
+            continue
+        try:
+            created += check_output_folder(os.path.dirname(path), option=f"{option} {given}")
+        except OutputError as e:
+            remove_folders(created)
+            raise SetupError(f"{e}. Fix: give {option} a path in a folder you can write to") from None
+    return created
+
+
+def remove_folders(folders: list[str]) -> None:
+    for folder in reversed(folders):  # deepest first; only the empty folders this command made
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+def write_outputs(identity, out: str | None, card: str | None, overwrite: bool) -> list[str]:
+    """--out and --card written as one (identity_store.write_files_together): both, or neither."""
+    from pulid_flux.identity_card import identity_card_bytes
+    from pulid_flux.identity_file import identity_bytes
+    from pulid_flux.identity_store import NotWritten, write_files_together
+
+    files = [(make(identity), path) for make, path in ((identity_bytes, out), (identity_card_bytes, card)) if path]
+    try:
+        return write_files_together(files, overwrite)
+    except NotWritten as e:
+        from ..batch.manifest import os_reason
+
+        option = "--out" if e.path == out else "--card"
+        if isinstance(e.error, FileExistsError):
+            raise SetupError(f"{option} {e.path} exists (it appeared while encoding): choose another name or add "
+                             f"--overwrite; nothing was written") from None
+        raise SetupError(f"{option} {e.path}: cannot write it: {os_reason(e.error)}; nothing was written (neither "
+                         f"--out nor --card). Fix: give {option} a path in a folder you can write to") from None
 
 
 def encode_identity_file(args) -> list[str]:
-    """Everything the command does; returns the paths written. Raises SetupError."""
+    """Everything the command does; returns the paths written. Raises SetupError. Both destinations are checked
+    before any model is loaded; a failure leaves no file of the pair and no folder this command made."""
     from ..doctor.checks import import_pack_parts
 
     encoders, pulid_flux = import_pack_parts()
+    from encoders.curation import selection
+
+    settings = reference_settings(args, selection)
+    out, card = check_outputs(args)
+    created = check_destinations(args, out, card)
+    try:
+        return _encode_and_write(args, settings, out, card, encoders, pulid_flux)
+    except BaseException:
+        remove_folders(created)
+        raise
+
+
+def _encode_and_write(args, settings, out, card, encoders, pulid_flux) -> list[str]:
     import json
 
     import torch
@@ -250,8 +301,6 @@ def encode_identity_file(args) -> list[str]:
     from pulid_flux.curated_fusion import IdTokenMaker
     from pulid_flux.identity import build_identity, file_fingerprint
 
-    settings = reference_settings(args, selection)
-    out, card = check_outputs(args)
     folders = model_folders(args.models)
     pulid_name, pulid_path = find_pulid(folders, args.pulid)
     eva_paths = find_eva(folders, args.eva)
