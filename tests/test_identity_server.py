@@ -107,10 +107,13 @@ def test_a_card_uploads_as_the_identity_file_it_carries_and_a_jpeg_copy_is_named
     import numpy as np
 
     from pulid_flux.identity_card import card_bytes
+    from pulid_flux.identity_file import read_identity_bytes
 
     card = card_bytes(np.full((8, 8, 3), 60, np.uint8), identity_bytes)
     status, body = post(server, "Carded.png", card)
-    assert (status, body) == (200, {"name": "Carded.safetensors", "bytes": len(identity_bytes)})
+    carried = read_identity_bytes(identity_bytes, "Carded.safetensors").fingerprint
+    assert (status, body) == (200, {"name": "Carded.safetensors", "bytes": len(identity_bytes),
+                                    "fingerprint": carried})
     with open(os.path.join(identities_folder(server), "Carded.safetensors"), "rb") as f:
         assert f.read() == identity_bytes
     assert "Carded.safetensors" in server.get_json(ROUTE)["identities"]

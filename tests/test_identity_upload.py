@@ -162,9 +162,12 @@ def test_a_card_is_stored_as_the_identity_file_it_carries_and_pictures_are_named
     from PIL import Image
 
     from pulid_flux.identity_card import card_bytes
+    from pulid_flux.identity_file import read_identity_bytes
 
     card = card_bytes(np.full((4, 8, 3), 90, np.uint8), GOOD)
-    assert upload(server, "Dana.png", card) == (200, {"name": "Dana.safetensors", "bytes": len(GOOD)})
+    carried = read_identity_bytes(GOOD, "Dana.safetensors").fingerprint
+    assert upload(server, "Dana.png", card) == (200, {"name": "Dana.safetensors", "bytes": len(GOOD),
+                                                     "fingerprint": carried})
     assert open(os.path.join(server.folder, "Dana.safetensors"), "rb").read() == GOOD
     assert upload(server, "x.png", card, name="dana2")[1]["name"] == "dana2.safetensors"
     jpeg = io.BytesIO()
