@@ -3,6 +3,7 @@ fix, face swap with FLUX.1 Fill, one identity per face, Kontext edit) queued as 
 (support/face_workflows.py says what is swapped for them). Face fix and face swap: the PNG the server saved is
 bit-identical to the uploaded PNG wherever the face mask is 0, and differs inside it."""
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ def server(tmp_path_factory, comfy_models):
         with open(srv.log_path, encoding="utf-8", errors="replace") as f:
             times = [line.split("Prompt executed in ")[1].split()[0] for line in f if "Prompt executed in" in line]
         print("\nserver run times (s):", times)
+    shutil.rmtree(models, ignore_errors=True)  # 1 GB: gone when the module is done
 
 
 def png(array: np.ndarray) -> bytes:

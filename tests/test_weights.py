@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -35,7 +36,9 @@ def official_layout():
 
 @pytest.fixture(scope="module")
 def full_fp16(tmp_path_factory):
-    return write_pulid_file(str(tmp_path_factory.mktemp("full") / "pulid_flux_v0.9.1.safetensors"), OFFICIAL, seed=1)
+    folder = tmp_path_factory.mktemp("full")
+    yield write_pulid_file(str(folder / "pulid_flux_v0.9.1.safetensors"), OFFICIAL, seed=1)
+    shutil.rmtree(folder, ignore_errors=True)  # 1 GB: gone when the module is done
 
 
 def test_full_size_file_has_the_official_layout(full_fp16):

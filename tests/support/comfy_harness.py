@@ -1,7 +1,9 @@
 """Real-ComfyUI test support: find the checkout, import it ahead of this repo, import the pack as a package,
 and write the full-width test models (random weights, real file formats) into a models folder."""
+import atexit
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 
@@ -43,6 +45,7 @@ def keep_out_of_checkout(folder_paths) -> None:
     if getattr(folder_paths, "_pulid_test_scratch", None):
         return
     scratch = tempfile.mkdtemp(prefix="comfyui-scratch-")
+    atexit.register(shutil.rmtree, scratch, True)
     for name in ("output", "temp", "input", "user"):
         os.makedirs(os.path.join(scratch, name))
     folder_paths.set_output_directory(os.path.join(scratch, "output"))

@@ -3,6 +3,7 @@ full-width FLUX.1 with 1+1 blocks loaded from a file through comfy.sd, random Pu
 patched through comfy_layer.patching directly (no encoders), and the KSampler call on it. A module that uses
 `cenv` imports it (module scope: built once per such module); without COMFYUI_PATH it skips."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -41,7 +42,8 @@ def cenv(tmp_path_factory):
     e.id_tokens = torch.randn(1, OFFICIAL.num_queries, OFFICIAL.output_dim, generator=g)
     e.uncond_tokens = torch.randn(1, OFFICIAL.num_queries, OFFICIAL.output_dim, generator=g)
     e.conds = [H.flux_conditioning(i) for i in range(3)]
-    return e
+    yield e
+    shutil.rmtree(root, ignore_errors=True)  # 1 GB of full-width Flux: gone when the module is done, not at the end
 
 
 def patched(e, weight=1.0, start_at=0.0, end_at=1.0, mask=None, uncond="same"):
