@@ -7,7 +7,7 @@ from .comfy_layer import cards, folders, identities, patching, similarity
 from .comfy_layer import faces as face_nodes  # not `faces`: that is an input name of the face nodes
 from .comfy_layer import inputs as I
 from .comfy_layer.models import EvaModel, FaceAnalysisModel, PulidModel
-from .pulid_flux.identity import blend_identities
+from .pulid_flux.identity.build import blend_identities
 
 # The node library's folders (ComfyUI splits on "/"; locales/*/main.json names each part). Changing a category
 # moves a node in the library only: saved workflows refer to class names.

@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(REPO_ROOT)
 from common import git_rev, machine, timed_interleaved  # noqa: E402
 
-from pulid_flux import identity as ident  # noqa: E402
-from pulid_flux import identity_file as fmt  # noqa: E402
-from pulid_flux import identity_card as card  # noqa: E402
-from pulid_flux.identity_fingerprint import identity_fingerprint  # noqa: E402
+from pulid_flux.identity import build as ident  # noqa: E402
+from pulid_flux.identity import file as fmt  # noqa: E402
+from pulid_flux.identity import card  # noqa: E402
+from pulid_flux.identity.fingerprint import identity_fingerprint  # noqa: E402
 
 
 def face_previews(photos: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 ComfyUI-Distributed's media sync, which copies input files only, finds it) and to the output folder (the UI shows
 it, downloadable); Load identity card reads one from the input folder, where the image upload widget,
 /upload/image and media sync put it (or from the folder a 'NAME.png [output]' value names). The card format is
-pulid_flux/identity_card.py."""
+pulid_flux/identity/card.py."""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +10,10 @@ import os
 
 import folder_paths
 
-from ..pulid_flux.identity_card import CARD_CHUNK, PNG_SIGNATURE, IdentityCardError, identity_card_bytes, \
+from ..pulid_flux.identity.card import CARD_CHUNK, PNG_SIGNATURE, IdentityCardError, identity_card_bytes, \
     load_identity_card
-from ..pulid_flux.identity_file import Identity
-from ..pulid_flux.identity_store import exists_message, write_file_atomically
+from ..pulid_flux.identity.file import Identity
+from ..pulid_flux.identity.store import exists_message, write_file_atomically
 from . import this_server
 
 UPLOAD_FIX = ("upload the card to this server: drag it onto Load identity card, or POST /upload/image (ComfyUI-"

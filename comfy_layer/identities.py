@@ -12,11 +12,11 @@ import folder_paths
 
 from ..encoders.curation.report import METADATA_KEY
 from ..encoders.curation.selection import Thresholds
-from ..pulid_flux.identity import build_identity, file_fingerprint, tensors_fingerprint
-from ..pulid_flux.identity_file import Identity, IdentityFileError, load_identity, save_identity
-from ..pulid_flux.identity_fingerprint import (FingerprintValueError, fingerprint_matches, requested_fingerprint,
+from ..pulid_flux.identity.build import build_identity, file_fingerprint, tensors_fingerprint
+from ..pulid_flux.identity.file import Identity, IdentityFileError, load_identity, save_identity
+from ..pulid_flux.identity.fingerprint import (FingerprintValueError, fingerprint_matches, requested_fingerprint,
                                                short_fingerprint)
-from ..pulid_flux.identity_store import identity_file_name, missing_identity_message, stale_identity_message
+from ..pulid_flux.identity.store import identity_file_name, missing_identity_message, stale_identity_message
 from . import cards, encoding, this_server
 from .folders import FOLDER, folders_of, save_folder
 from .models import PulidModel

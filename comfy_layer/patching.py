@@ -14,8 +14,8 @@ import comfy.patcher_extension
 from ..encoders.curation.selection import Thresholds
 from ..pulid_flux import OFFICIAL, injection_points
 from ..pulid_flux.family import check_flux1
-from ..pulid_flux.identity_file import Identity
-from ..pulid_flux.identity_fingerprint import short_fingerprint
+from ..pulid_flux.identity.file import Identity
+from ..pulid_flux.identity.fingerprint import short_fingerprint
 from ..pulid_flux.weights import DOWNLOAD_HINT
 from ..pulid_flux.inputs import EmptyBatchError, check_apply_inputs, check_mask
 from ..pulid_flux.patch import IdBlockPatch, PulidApplication, SharedWrapper

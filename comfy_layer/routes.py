@@ -9,7 +9,7 @@
        -> 200 {"name", "bytes", "fingerprint"}; 400 not an identity / bad name / malformed body; 409 exists (with
        "fingerprint" of the upload and "existing_fingerprint" of the file there); 413 over 16 MB.
 
-The upload handling (limits, checks, the atomic write) is pulid_flux/identity_upload.py; this only registers it."""
+The upload handling (limits, checks, the atomic write) is pulid_flux/identity/upload.py; this only registers it."""
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +17,8 @@ import sys
 
 from .folders import identity_files, save_folder
 from .identities import identity_file_fingerprint
-from ..pulid_flux.identity_file import IdentityFileError
-from ..pulid_flux.identity_upload import handle_upload
+from ..pulid_flux.identity.file import IdentityFileError
+from ..pulid_flux.identity.upload import handle_upload
 
 ROUTE = "/pulid_flux/identities"
 FINGERPRINT_ROUTE = ROUTE + "/fingerprint"

@@ -7,7 +7,7 @@ import torch
 
 from ..encoders.curation.copying import describe, rank_best_of_n
 from ..encoders.curation.report import METADATA_KEY, parse_report
-from ..pulid_flux.identity_file import Identity
+from ..pulid_flux.identity.file import Identity
 from ..pulid_flux.inputs import check_copy_penalty, check_images
 
 

@@ -152,7 +152,7 @@ def test_an_identity_card_works_wherever_an_identity_file_does(fake, tmp_path, c
     import numpy as np
     from PIL import Image
 
-    from pulid_flux.identity_card import card_bytes
+    from pulid_flux.identity.card import card_bytes
 
     from support.identity_samples import GOOD
 

@@ -250,7 +250,7 @@ def card_and_file(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pulid_flux.identity_card import card_bytes
+    from pulid_flux.identity.card import card_bytes
     from support.identity_samples import GOOD
 
     paths = {name: tmp_path / name for name in ("dana.safetensors", "dana.png", "dana.jpg", "empty.safetensors")}

@@ -55,7 +55,7 @@ def env(tmp_path_factory, comfy_models):
     os.makedirs(identities, exist_ok=True)
     with open(os.path.join(identities, "fill_person.safetensors"), "wb") as f:
         f.write(data)
-    from pulid_flux.identity_card import card_bytes
+    from pulid_flux.identity.card import card_bytes
 
     preview = (torch.rand(128, 256, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy()
     with open(os.path.join(folder_paths.get_input_directory(), "fill_person_card.png"), "wb") as f:

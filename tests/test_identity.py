@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from support import tolerance as tol
 from encoders import load_face_analysis
 from encoders import similarity
-from pulid_flux import identity as ident
-from pulid_flux import identity_file as fmt
-from pulid_flux.identity_file import IdentityFileError
-from pulid_flux.identity_store import identity_file_name
+from pulid_flux.identity import build as ident
+from pulid_flux.identity import file as fmt
+from pulid_flux.identity.file import IdentityFileError
+from pulid_flux.identity.store import identity_file_name
 from support import encoder_fakes as fakes
 from support.pulid_fakes import write_pulid_file
 from support.identity_samples import make_full_size_identity

@@ -14,11 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from pulid_flux import identity_file as fmt
-from pulid_flux import identity_card as card
-from pulid_flux.identity_file import IdentityFileError
-from pulid_flux.identity_card import IdentityCardError, card_bytes, identity_bytes_from_card, read_card
-from pulid_flux.identity_fingerprint import identity_fingerprint
+from pulid_flux.identity import file as fmt
+from pulid_flux.identity import card
+from pulid_flux.identity.file import IdentityFileError
+from pulid_flux.identity.card import IdentityCardError, card_bytes, identity_bytes_from_card, read_card
+from pulid_flux.identity.fingerprint import identity_fingerprint
 from support.identity_samples import make_full_size_identity
 
 

@@ -43,7 +43,7 @@ def servers(tmp_path_factory, comfy_models):
 
 @pytest.fixture(scope="module")
 def identity():
-    from pulid_flux.identity import build_identity
+    from pulid_flux.identity.build import build_identity
 
     g = torch.Generator().manual_seed(18)
     return build_identity(torch.randn(1, 32, 2048, generator=g), torch.randn(1, 32, 2048, generator=g),
@@ -150,9 +150,9 @@ def sampled_latent(server, graph) -> torch.Tensor:
 
 # --- tests ------------------------------------------------------------------------------------------------------
 def test_a_card_made_on_one_server_and_media_synced_to_another_samples_bit_identically(servers, identity):
-    from pulid_flux.identity_card import identity_card_bytes
-    from pulid_flux.identity_file import identity_bytes
-    from pulid_flux.identity_fingerprint import short_fingerprint
+    from pulid_flux.identity.card import identity_card_bytes
+    from pulid_flux.identity.file import identity_bytes
+    from pulid_flux.identity.fingerprint import short_fingerprint
 
     first, second = servers
     upload_identity_file(first, "alice.safetensors", identity_bytes(identity))
@@ -187,7 +187,7 @@ def test_a_card_made_on_one_server_and_media_synced_to_another_samples_bit_ident
 
 
 def test_a_stripped_or_damaged_card_gets_a_clear_error(servers, identity):
-    from pulid_flux.identity_card import identity_card_bytes
+    from pulid_flux.identity.card import identity_card_bytes
 
     _, second = servers
     card = identity_card_bytes(identity)
@@ -270,7 +270,7 @@ def test_the_readme_fix_makes_a_refused_job_run_on_a_worker_without_the_identity
     """A workflow made on the master names dana.safetensors; the worker refuses it and recommends a command; that
     command, exactly as the message and README give it, puts the file there under that name, and the master's
     workflow then runs on the worker (no content-addressed name that the workflow does not use)."""
-    from pulid_flux.identity_file import identity_bytes
+    from pulid_flux.identity.file import identity_bytes
 
     first, second = servers
     data = identity_bytes(identity)
@@ -297,8 +297,8 @@ def test_a_stale_identity_file_on_a_worker_is_refused_naming_both_fingerprints(s
     """The worker holds another person under the master's file name: a workflow carrying the master's fingerprint
     is refused there, a workflow without one (saved before the fingerprint existed) still runs, and the upload the
     message recommends (--keep-name --overwrite) makes it run."""
-    from pulid_flux.identity import build_identity
-    from pulid_flux.identity_file import identity_bytes
+    from pulid_flux.identity.build import build_identity
+    from pulid_flux.identity.file import identity_bytes
 
     first, second = servers
     g = torch.Generator().manual_seed(99)

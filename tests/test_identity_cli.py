@@ -236,7 +236,7 @@ def test_an_unusable_out_or_card_is_refused_before_anything_is_loaded(tmp_path):
 def test_out_and_card_are_written_as_one(tmp_path, monkeypatch):
     """A failure while the pair is given its names takes back what was written: both files or neither, and a file
     that --overwrite was replacing keeps its old content."""
-    from pulid_flux import identity_store
+    from pulid_flux.identity import store as identity_store
 
     out, card = tmp_path / "a.safetensors", tmp_path / "a.png"
     real_link = identity_store._link_new

@@ -220,7 +220,7 @@ def comfy_dirs(env, tmp_path, monkeypatch):
 
 
 def test_save_writes_a_card_that_load_identity_card_reads_as_the_file(env, comfy_dirs, caplog):
-    card_module = env.pack.pulid_flux.identity_card
+    card_module = env.pack.pulid_flux.identity.card
     identity, _ = encode(env)
     (comfy_dirs / "input" / "photo of me.png").write_bytes(b"\x89PNG\r\n\x1a\n a photo, not a card")
     with pytest.raises(FileExistsError, match="photo of me.png in .*input is a picture that is not an identity card"):
@@ -246,7 +246,7 @@ def test_save_writes_a_card_that_load_identity_card_reads_as_the_file(env, comfy
         assert torch.equal(getattr(from_card, name), getattr(from_file, name)), name
     assert from_card.meta == from_file.meta and preview.shape == (1, 128, 256, 3)
     assert out["ui"]["text"] == [f"carded.png: fingerprint {identity.fingerprint}"]
-    short = env.pack.pulid_flux.identity_fingerprint.short_fingerprint(identity.fingerprint)
+    short = env.pack.pulid_flux.identity.fingerprint.short_fingerprint(identity.fingerprint)
     assert f"applying identity carded.png ({short})" in caplog.text
 
     before = node.IS_CHANGED("carded.png")
@@ -319,7 +319,7 @@ def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
     result = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(out), str(card)] and "7/7" in result.stderr  # 4 models, 1 photo, 1 batch, ID
-    cli = env.pack.pulid_flux.identity_file.load_identity(str(out))
+    cli = env.pack.pulid_flux.identity.file.load_identity(str(out))
     node, _ = encode(env)
     for name in ("id_tokens", "uncond_tokens", "arcface", "preview"):
         assert torch.equal(getattr(cli, name), getattr(node, name)), name
@@ -327,10 +327,10 @@ def test_cli_writes_the_same_identity_as_the_nodes(env, tmp_path):
         assert cli.meta[key] == node.meta[key], key
     # two encodes of the same photo: the same fingerprint, and the same file apart from its creation time
     assert f"fingerprint {node.fingerprint}" in result.stderr and cli.fingerprint == node.fingerprint
-    fmt = env.pack.pulid_flux.identity_file
+    fmt = env.pack.pulid_flux.identity.file
     same_time = dataclasses.replace(node, meta=dict(node.meta, created=cli.meta["created"]))
     assert out.read_bytes() == fmt.identity_bytes(same_time)
-    from_card = env.pack.pulid_flux.identity_card.load_identity_card(str(card))
+    from_card = env.pack.pulid_flux.identity.card.load_identity_card(str(card))
     assert from_card.fingerprint == node.fingerprint and torch.equal(from_card.id_tokens, node.id_tokens)
     again = subprocess.run(cmd, cwd=H.REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "exists: choose another name or add --overwrite" in again.stderr

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from support import comfy_harness as H
-from pulid_flux import identity_file as fmt
+from pulid_flux.identity import file as fmt
 from support.identity_samples import GOOD, make_small_identity
 from support.upload_server import UploadServer, multipart
 
@@ -67,7 +67,7 @@ def test_save_and_upload_of_one_name_at_once(tmp_path):
     identity = make_small_identity(7)
 
     def save(overwrite):  # what Save identity does (comfy_layer.identities.save_to_folder), without ComfyUI
-        from pulid_flux.identity_store import identity_file_name
+        from pulid_flux.identity.store import identity_file_name
 
         fmt.save_identity(identity, os.path.join(folder, identity_file_name("same")), overwrite)
 
@@ -85,9 +85,9 @@ def test_save_identity_node_and_upload_of_one_name_at_once(tmp_path):
     folder_paths.add_model_folder_path("pulid_identities", folder, is_default=True)
     pack = H.import_pack(str(tmp_path))
     assert pack.comfy_layer.folders.save_folder() == folder
-    identity = pack.pulid_flux.identity_file.read_identity_bytes(fmt.identity_bytes(make_small_identity(7)))
+    identity = pack.pulid_flux.identity.file.read_identity_bytes(fmt.identity_bytes(make_small_identity(7)))
     node = pack.NODE_CLASS_MAPPINGS["PulidFluxSaveIdentity"]()
-    server = UploadServer(folder, pack.pulid_flux.identity_upload.handle_upload)  # the handler the route registers
+    server = UploadServer(folder, pack.pulid_flux.identity.upload.handle_upload)  # the handler the route registers
     try:
         race(folder, lambda overwrite: node.save(identity, "same", overwrite), server)
     finally:

@@ -6,10 +6,10 @@ import threading
 import pytest
 import torch
 
-from pulid_flux import identity as ident
-from pulid_flux import identity_file as fmt
-from pulid_flux.identity_file import IdentityFileError
-from pulid_flux.identity_store import IdentityNameError, identity_file_name, write_file_atomically
+from pulid_flux.identity import build as ident
+from pulid_flux.identity import file as fmt
+from pulid_flux.identity.file import IdentityFileError
+from pulid_flux.identity.store import IdentityNameError, identity_file_name, write_file_atomically
 from pulid_flux.safetensors_file import SafetensorsFileError, parse_header
 from support.identity_samples import GOOD, join, make_small_identity, setter, split, with_header
 

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load, save
 
-from pulid_flux import identity_file as fmt
-from pulid_flux.identity_fingerprint import (FINGERPRINT_META_KEYS, FingerprintValueError, canonical_safetensors,
+from pulid_flux.identity import file as fmt
+from pulid_flux.identity.fingerprint import (FINGERPRINT_META_KEYS, FingerprintValueError, canonical_safetensors,
                                              fingerprint_matches, identity_fingerprint, requested_fingerprint,
                                              short_fingerprint)
 from support.identity_samples import make_full_size_identity
@@ -90,7 +90,7 @@ def test_same_bytes_in_another_shape_dtype_or_name_is_another_identity():
 
 
 def test_the_fingerprint_is_the_same_in_another_process():
-    code = ("import torch, sys; sys.path.insert(0, sys.argv[1]); from pulid_flux.identity_fingerprint import *; "
+    code = ("import torch, sys; sys.path.insert(0, sys.argv[1]); from pulid_flux.identity.fingerprint import *; "
             "t = {'id_tokens': torch.arange(12, dtype=torch.float32).reshape(1, 3, 4), "
             "'preview': torch.arange(6, dtype=torch.uint8).reshape(1, 1, 2, 3)}; "
             "print(identity_fingerprint(t, {'created': 'y', 'fusion': 'mean', 'format': 'pulid_flux_identity'}))")
@@ -119,7 +119,7 @@ def test_canonical_bytes_make_equal_content_byte_identical():
 
 def test_canonical_bytes_are_the_same_in_another_process():
     code = ("import sys, hashlib; sys.path.insert(0, sys.argv[1]); import torch; "
-            "from safetensors.torch import save; from pulid_flux.identity_fingerprint import canonical_safetensors; "
+            "from safetensors.torch import save; from pulid_flux.identity.fingerprint import canonical_safetensors; "
             "t = {'b': torch.arange(5.0), 'a': torch.ones(2, 3, dtype=torch.uint8)}; "
             "m = {k: k * 2 for k in 'zyxwvutsé'}; "
             "print(hashlib.sha256(canonical_safetensors(save(t, metadata=m))).hexdigest())")

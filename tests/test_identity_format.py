@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from pulid_flux import identity_card as card
-from pulid_flux import identity_file as fmt
-from pulid_flux.identity_fingerprint import identity_fingerprint, short_fingerprint
+from pulid_flux.identity import card
+from pulid_flux.identity import file as fmt
+from pulid_flux.identity.fingerprint import identity_fingerprint, short_fingerprint
 from pulid_flux.safetensors_file import SafetensorsFileError
 from support.identity_samples import make_full_size_identity
 

@@ -11,9 +11,9 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pulid_flux import identity_file as fmt
-from pulid_flux.identity_file import IdentityFileError
-from pulid_flux.identity_store import MAX_NAME_CHARS, IdentityNameError, identity_file_name
+from pulid_flux.identity import file as fmt
+from pulid_flux.identity.file import IdentityFileError
+from pulid_flux.identity.store import MAX_NAME_CHARS, IdentityNameError, identity_file_name
 from pulid_flux.safetensors_file import SafetensorsFileError, parse_header
 from support.identity_samples import GOOD, join, split
 from support.upload_server import UploadServer, multipart
@@ -169,7 +169,7 @@ def server(tmp_path_factory):
 def _card_of_good():
     import numpy as np
 
-    from pulid_flux.identity_card import card_bytes
+    from pulid_flux.identity.card import card_bytes
 
     return card_bytes(np.full((2, 4, 3), 7, np.uint8), GOOD)
 

@@ -40,8 +40,8 @@ def identity_bytes(server):
     from skimage import data
 
     from encoders import load_face_analysis, similarity
-    from pulid_flux.identity import build_identity
-    from pulid_flux.identity_file import identity_bytes
+    from pulid_flux.identity.build import build_identity
+    from pulid_flux.identity.file import identity_bytes
 
     analysis = load_face_analysis(os.path.join(server.base, "models", "insightface"), "CPU")
     arcface, _ = similarity.reference_embedding(analysis, data.astronaut())
@@ -61,7 +61,7 @@ def identities_folder(server):
 
 
 def test_upload_list_and_no_overwrite_without_the_flag(server, identity_bytes):
-    from pulid_flux.identity_file import read_identity_bytes
+    from pulid_flux.identity.file import read_identity_bytes
 
     fingerprint = read_identity_bytes(identity_bytes).fingerprint  # the route reports it, for Load identity's input
     assert server.get_json(ROUTE) == {"identities": []}
@@ -106,8 +106,8 @@ def test_a_card_uploads_as_the_identity_file_it_carries_and_a_jpeg_copy_is_named
 
     import numpy as np
 
-    from pulid_flux.identity_card import card_bytes
-    from pulid_flux.identity_file import read_identity_bytes
+    from pulid_flux.identity.card import card_bytes
+    from pulid_flux.identity.file import read_identity_bytes
 
     card = card_bytes(np.full((8, 8, 3), 60, np.uint8), identity_bytes)
     status, body = post(server, "Carded.png", card)

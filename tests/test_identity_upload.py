@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from pulid_flux import identity_file as fmt
-from pulid_flux.identity_upload import MAX_BODY_BYTES
+from pulid_flux.identity import file as fmt
+from pulid_flux.identity.upload import MAX_BODY_BYTES
 from support.identity_samples import GOOD, make_small_identity, setter, with_header
 from support.upload_server import ROUTE, UploadServer, multipart, read_response
 
@@ -161,8 +161,8 @@ def test_a_card_is_stored_as_the_identity_file_it_carries_and_pictures_are_named
     import numpy as np
     from PIL import Image
 
-    from pulid_flux.identity_card import card_bytes
-    from pulid_flux.identity_file import read_identity_bytes
+    from pulid_flux.identity.card import card_bytes
+    from pulid_flux.identity.file import read_identity_bytes
 
     card = card_bytes(np.full((4, 8, 3), 90, np.uint8), GOOD)
     carried = read_identity_bytes(GOOD, "Dana.safetensors").fingerprint

@@ -48,7 +48,7 @@ def uploads(server):
     card: uploaded through /upload/image as a browser does. {name: PNG bytes}."""
     from skimage import data
 
-    from pulid_flux.identity_card import card_bytes
+    from pulid_flux.identity.card import card_bytes
 
     astronaut = data.astronaut()
     picture = np.asarray(Image.fromarray(astronaut).resize((320, 256), Image.LANCZOS))

@@ -18,7 +18,7 @@ def pyproject_version():
 
 
 def test_the_pack_version_is_pyprojects_everywhere_it_is_reported():
-    from pulid_flux import identity
+    from pulid_flux.identity import build as identity
 
     assert versions.PACK_VERSION == pyproject_version() == identity.PACK_VERSION
     assert re.fullmatch(r"\d+\.\d+\.\d+", versions.PACK_VERSION)

@@ -84,18 +84,18 @@ def identity_file_bytes(path: str) -> bytes:
     """The identity that --identity names: the .safetensors file's bytes, or the identity file inside an identity
     card (.png), so a card works wherever an identity file does. Bytes shaped like a safetensors file are sent as
     they are (the server's reader checks them; no torch needed here); anything else (a card, a JPEG copy of one, an
-    empty file, a pickle) goes to the pack's one reader of such bytes, pulid_flux/identity_card.identity_file_in,
+    empty file, a pickle) goes to the pack's one reader of such bytes, pulid_flux/identity/card.identity_file_in,
     whose refusal becomes a GraphError before anything is sent."""
     with open(path, "rb") as f:
         content = f.read()
-    if len(content) > 8 and content[8:9] == b"{":  # identity_card.looks_like_safetensors, without importing torch
+    if len(content) > 8 and content[8:9] == b"{":  # identity/card.looks_like_safetensors, without importing torch
         return content
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if root not in sys.path:
-        sys.path.append(root)  # the card reader is the pack's (pulid_flux/identity_card.py); appended, never first
+        sys.path.append(root)  # the card reader is the pack's (pulid_flux/identity/card.py); appended, never first
     try:
-        from pulid_flux.identity_card import identity_file_in
-        from pulid_flux.identity_file import IdentityFileError
+        from pulid_flux.identity.card import identity_file_in
+        from pulid_flux.identity.file import IdentityFileError
     except ImportError as e:
         raise graphs.GraphError(f"--identity {path}: not a .safetensors file (first bytes {content[:8].hex(' ')}); "
                                 f"reading it as an identity card needs the pack's pulid_flux (torch): {e}") from None

@@ -199,7 +199,7 @@ def print_report(args) -> int:
 
 def check_outputs(args) -> tuple[str | None, str | None]:
     """--out and --card as absolute paths, checked before any model is loaded."""
-    from pulid_flux.identity_store import IdentityNameError, identity_file_name
+    from pulid_flux.identity.store import IdentityNameError, identity_file_name
 
     if not args.out and not args.card:
         raise SetupError("give --out NAME.safetensors, --card NAME.png, or both")
@@ -252,10 +252,10 @@ def remove_folders(folders: list[str]) -> None:
 
 
 def write_outputs(identity, out: str | None, card: str | None, overwrite: bool) -> list[str]:
-    """--out and --card written as one (identity_store.write_files_together): both, or neither."""
-    from pulid_flux.identity_card import identity_card_bytes
-    from pulid_flux.identity_file import identity_bytes
-    from pulid_flux.identity_store import NotWritten, write_files_together
+    """--out and --card written as one (pulid_flux/identity/store.write_files_together): both, or neither."""
+    from pulid_flux.identity.card import identity_card_bytes
+    from pulid_flux.identity.file import identity_bytes
+    from pulid_flux.identity.store import NotWritten, write_files_together
 
     files = [(make(identity), path) for make, path in ((identity_bytes, out), (identity_card_bytes, card)) if path]
     try:
@@ -299,7 +299,7 @@ def _encode_and_write(args, settings, out, card, encoders, pulid_flux) -> list[s
     from encoders.curation import selection
     from encoders.references import NoUsableFace, encode_references
     from pulid_flux.curated_fusion import IdTokenMaker
-    from pulid_flux.identity import build_identity, file_fingerprint
+    from pulid_flux.identity.build import build_identity, file_fingerprint
 
     folders = model_folders(args.models)
     pulid_name, pulid_path = find_pulid(folders, args.pulid)

@@ -5,8 +5,8 @@ import json
 
 import torch
 
-from pulid_flux import identity as ident
-from pulid_flux import identity_file as fmt
+from pulid_flux.identity import build as ident
+from pulid_flux.identity import file as fmt
 
 
 def make_full_size_identity(seed=0, tokens=32, width=2048, refs=2, fingerprint="f" * 32, fusion="mean"):

@@ -1,4 +1,4 @@
-"""POST /pulid_flux/identities in process: the upload handler (identity_upload.handle_upload) on an aiohttp test
+"""POST /pulid_flux/identities in process: the upload handler (pulid_flux/identity/upload.handle_upload) on an aiohttp test
 server on 127.0.0.1, spoken to with raw HTTP so that bodies can be malformed, cut short or longer than announced;
 and the multipart bodies to send it. For test_identity_upload.py, test_identity_concurrency.py and
 test_identity_properties.py."""
@@ -11,7 +11,7 @@ import uuid
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from pulid_flux.identity_upload import handle_upload
+from pulid_flux.identity.upload import handle_upload
 
 ROUTE = "/pulid_flux/identities"
 

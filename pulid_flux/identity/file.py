@@ -1,13 +1,13 @@
 """The identity file format: the value it holds (Identity), its one writer and its one reader (validated, never
-unpickled). Operations on identities (build, blend) are in identity.py; the PNG card that carries these same bytes
-is identity_card.py. No ComfyUI imports.
+unpickled). Operations on identities (build, blend) are in build.py; the PNG card that carries these same bytes
+is card.py. No ComfyUI imports.
 
 File format (`NAME.safetensors`, format name `pulid_flux_identity`, version 1):
   tensors  id_tokens [1,T,D] float32 (fused ID tokens), uncond_tokens [1,Q,D] float32 (true-CFG negative),
            arcface [N,512] float32 (L2-normalised ArcFace of each reference), preview [N,h,w,3] uint8
   metadata format, format_version, pulid_file, pulid_fingerprint, fusion, face_order, face_index, use_gray,
            references, pack_version, created (ISO 8601 UTC), for blends `blend` (JSON), and `fingerprint`: the
-           content fingerprint (identity_fingerprint.py) of the tensors and the settings that shaped them.
+           content fingerprint (fingerprint.py) of the tensors and the settings that shaped them.
 Bytes: the header is written canonically (sorted keys, compact JSON), so the same identity always gives the same
 file; two encodes of the same photos with the same settings differ only in `created`. `fingerprint` is derived, so
 it is not kept in Identity.meta: the writer adds it, the reader checks it against the content (files written
@@ -22,9 +22,9 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from .identity_fingerprint import FINGERPRINT_SCHEME, canonical_safetensors, identity_fingerprint
-from .identity_store import write_file_atomically
-from .safetensors_file import (SafetensorsFileError, SafetensorsHeader, load_tensors, load_tensors_from_bytes,
+from .fingerprint import FINGERPRINT_SCHEME, canonical_safetensors, identity_fingerprint
+from .store import write_file_atomically
+from ..safetensors_file import (SafetensorsFileError, SafetensorsHeader, load_tensors, load_tensors_from_bytes,
                                parse_header, read_header)
 
 FORMAT_NAME = "pulid_flux_identity"

@@ -1,5 +1,5 @@
 """POST /pulid_flux/identities: read a multipart upload within fixed limits, check it with the identity reader and
-write it with the identity writer. No ComfyUI imports (identity_routes.py registers it on ComfyUI's server), so it
+write it with the identity writer. No ComfyUI imports (comfy_layer/routes.py registers it on ComfyUI's server), so it
 is tested in process.
 
 An identity card (PNG) is accepted as the identity file it carries, stored as NAME.safetensors; an empty file or a
@@ -16,9 +16,9 @@ import errno
 import logging
 import os
 
-from .identity_card import identity_file_in, is_png, looks_like_safetensors
-from .identity_file import MAX_FILE_BYTES, IdentityFileError, load_identity
-from .identity_store import IdentityNameError, identity_file_name, write_file_atomically
+from .card import identity_file_in, is_png, looks_like_safetensors
+from .file import MAX_FILE_BYTES, IdentityFileError, load_identity
+from .store import IdentityNameError, identity_file_name, write_file_atomically
 
 log = logging.getLogger("PuLID-Flux")
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the small text fields around the file

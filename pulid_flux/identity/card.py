@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .identity_file import MAX_FILE_BYTES, Identity, IdentityFileError, identity_bytes, read_identity_bytes
-from .safetensors_file import parse_header
+from .file import MAX_FILE_BYTES, Identity, IdentityFileError, identity_bytes, read_identity_bytes
+from ..safetensors_file import parse_header
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CARD_CHUNK = b"puLi"

@@ -1,6 +1,6 @@
 """Operations on identities: build one from encoder outputs, blend two, the preview rows, and the cheap content
 fingerprint of the PuLID-Flux weight file an identity was made with. No ComfyUI imports. The file format (the
-Identity value, its reader and writer) is identity_file.py."""
+Identity value, its reader and writer) is file.py."""
 from __future__ import annotations
 
 import datetime
@@ -13,13 +13,13 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from .identity_file import ARCFACE_DIM, FORMAT_NAME, FORMAT_VERSION, Identity, identity_problem, whole_number
+from .file import ARCFACE_DIM, FORMAT_NAME, FORMAT_VERSION, Identity, identity_problem, whole_number
 
 PREVIEW_HEIGHT = 128  # preview rows are stored at 128 x 256 (aligned | parsed), uint8
 
 
 def _pack_version() -> str:
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "pyproject.toml")
     try:
         with open(path, encoding="utf-8") as f:
             found = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.M)
