@@ -313,7 +313,7 @@ class PulidFluxFaceMask:
     def mask(self, image, face_analysis, faces, face_order, face_index, shape, grow, feather, include_hair=False,
              on_no_face="error"):
         return face_nodes.face_mask_node(face_analysis, image, faces, face_order, face_index, shape, grow, feather,
-                                            include_hair, on_no_face)
+                                         include_hair, on_no_face)
 
 
 class PulidFluxCropFace:
@@ -321,11 +321,7 @@ class PulidFluxCropFace:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": I.FACE_IMAGE, "face_analysis": I.FACE_ANALYSIS, **I.face_picking(),
-            "context": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 8.0, "step": 0.05, "tooltip": "Crop side as a "
-                        "multiple of the face box's longer side (centred on the face, kept inside the image, at most "
-                        "the image's shorter side)."}),
-            "size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 16, "tooltip": "Every crop is "
-                     "resized to size x size pixels (a multiple of 16: Flux's latent grid)."}),
+            "context": I.CONTEXT, "size": I.CROP_SIZE,
             **I.mask_shaping()},
             "optional": {"include_hair": I.INCLUDE_HAIR,
                          "on_no_face": (list(face_nodes.CROP_ON_NO_FACE), {
@@ -345,7 +341,7 @@ class PulidFluxCropFace:
     def crop(self, image, face_analysis, faces, face_order, face_index, context, size, shape, grow, feather,
              include_hair=False, on_no_face="error"):
         return face_nodes.crop_face_node(face_analysis, image, faces, face_order, face_index, context, size, shape,
-                                            grow, feather, include_hair, on_no_face)
+                                         grow, feather, include_hair, on_no_face)
 
 
 class PulidFluxPasteFace:

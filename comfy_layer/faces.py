@@ -3,8 +3,6 @@ face parser as the other nodes load them, a progress bar over the batch. The geo
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 
 import numpy as np
 import torch
@@ -15,7 +13,8 @@ import comfy.utils
 from ..encoders.regions import (FaceCrop, FaceCrops, crop_window, locate_batch, paste, refine, rgb_uint8,
                                 shape_masks, working_size)
 from ..encoders.regions.crops import cut, placeholder_crop
-from ..pulid_flux.inputs import InputError, check_images, check_mask
+from ..pulid_flux.inputs import InputError, check_images, check_mask, check_number_in
+from . import inputs as I
 from .models import face_parser, offload
 
 log = logging.getLogger("PuLID-Flux")
@@ -29,17 +28,16 @@ class NoFaceError(InputError):
     """An image without the face the node was asked for, with on_no_face 'error'."""
 
 
-def _check_number(name: str, value, low: float, high: float, whole: bool = False) -> None:
-    """ComfyUI checks widget ranges for the UI, but an API prompt can send NaN (every comparison is false)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or (whole and value != int(value)) or not low <= value <= high:
-        kind = "a whole number" if whole else "a number"
-        raise InputError(f"{name} must be {kind} from {low:g} to {high:g}, got {value!r}.")
+def _check_widget(name: str, value, widget) -> None:
+    """A number input against its own widget's range: ComfyUI checks ranges for the UI, an API prompt can send
+    anything (NaN passes every comparison)."""
+    kind, spec = widget
+    check_number_in(name, value, spec["min"], spec["max"], whole=kind == "INT")
 
 
 def _check_mask_settings(grow, feather) -> None:
-    _check_number("grow", grow, -512, 1024, whole=True)
-    _check_number("feather", feather, 0, 1024, whole=True)
+    _check_widget("grow", grow, I.GROW)
+    _check_widget("feather", feather, I.FEATHER)
 
 
 def _float_images(image: torch.Tensor) -> torch.Tensor:
@@ -103,8 +101,8 @@ def crop_face_node(face_analysis, image, faces="chosen", face_order="largest", f
                    shape="ellipse", grow=0, feather=0, include_hair=False, on_no_face="error"
                    ) -> tuple[torch.Tensor, torch.Tensor, FaceCrops]:
     """(crops [N, size, size, 3], crop masks [N, size, size], crop_info): one crop per picked face, image-major."""
-    _check_number("context", context, 1.0, 8.0)
-    _check_number("size", size, 16, 8192, whole=True)
+    _check_widget("context", context, I.CONTEXT)
+    _check_widget("size", size, I.CROP_SIZE)
     _check_mask_settings(grow, feather)
     side = working_size(size)
     if side != size:

@@ -90,6 +90,11 @@ GROW = ("INT", {"default": 0, "min": -512, "max": 1024, "step": 1, "tooltip": "P
 FEATHER = ("INT", {"default": 0, "min": 0, "max": 1024, "step": 1, "tooltip": "Pixels of the image over which the "
            "grown mask fades linearly to 0 outside its edge; beyond that the mask is exactly 0."})
 INCLUDE_HAIR = ("BOOLEAN", {"default": False, "tooltip": "parsing only: include the hair in the mask."})
+CONTEXT = ("FLOAT", {"default": 2.0, "min": 1.0, "max": 8.0, "step": 0.05, "tooltip": "Crop side as a multiple of "
+           "the face box's longer side (centred on the face, kept inside the image, at most the image's shorter "
+           "side)."})
+CROP_SIZE = ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 16, "tooltip": "Every crop is resized to "
+             "size x size pixels (a multiple of 16: Flux's latent grid)."})
 
 
 def face_picking() -> dict:

@@ -106,11 +106,22 @@ def check_mask(mask, name: str = "attn_mask") -> torch.Tensor | None:
     return mask
 
 
+def _finite_real(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
 def check_number(name: str, value) -> None:
     """A FLOAT widget's value: ComfyUI's API lets NaN and inf through its min/max checks (every comparison with
     NaN is false), so a number input is checked where it enters. Raises InputError naming the input."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if not _finite_real(value):
         raise InputError(f"{name} must be a finite number, got {value!r}.")
+
+
+def check_number_in(name: str, value, low: float, high: float, whole: bool = False) -> None:
+    """check_number with the widget's range (and, for an INT widget, a whole number) checked too."""
+    if not _finite_real(value) or (whole and value != int(value)) or not low <= value <= high:
+        kind = "a whole number" if whole else "a number"
+        raise InputError(f"{name} must be {kind} from {low:g} to {high:g}, got {value!r}.")
 
 
 def check_apply_inputs(weight, start_at, end_at) -> None:

@@ -232,6 +232,8 @@ def test_bad_inputs_get_the_packs_clear_errors(env):
         crop_face(env, env.image, context=float("nan"))
     with pytest.raises(InputError, match="grow must be a whole number"):
         face_mask(env, env.image, grow=2.5)
+    with pytest.raises(InputError, match="size must be a whole number from 256 to 4096"):  # the widget's range
+        crop_face(env, env.image, size=128)
 
 
 def test_size_is_rounded_to_the_flux_grid(env, caplog):

@@ -105,7 +105,7 @@ def _to_channels(piece: torch.Tensor, channels: int) -> torch.Tensor:
     """A pasted piece [s, s, C'] in the image's channel count: RGB for RGB(A) images, luminance for gray ones."""
     rgb = as_rgb(piece)
     if channels == 1:
-        return (0.299 * rgb[..., 0:1] + 0.587 * rgb[..., 1:2] + 0.114 * rgb[..., 2:3])
+        return 0.299 * rgb[..., 0:1] + 0.587 * rgb[..., 1:2] + 0.114 * rgb[..., 2:3]
     return rgb
 
 

@@ -91,7 +91,6 @@ def aligned_point_in_image(affine: np.ndarray, point) -> tuple[float, float]:
     return float(x), float(y)
 
 
-
 def shape_masks(shape: str, faces, rgb: np.ndarray, parser: torch.nn.Module | None = None,
                 include_hair: bool = False) -> list[np.ndarray]:
     """bool [H, W] mask of each face of an RGB uint8 image, for any shape ('parsing' needs the parser)."""
