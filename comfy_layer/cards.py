@@ -10,8 +10,7 @@ import os
 
 import folder_paths
 
-from ..pulid_flux.identity.card import CARD_CHUNK, PNG_SIGNATURE, IdentityCardError, identity_card_bytes, \
-    load_identity_card
+from ..pulid_flux.identity.card import IdentityCardError, identity_card_bytes, load_identity_card, read_card_file
 from ..pulid_flux.identity.file import Identity
 from ..pulid_flux.identity.store import exists_message, write_file_atomically
 from . import this_server
@@ -109,9 +108,13 @@ def card_save_paths(file_name: str) -> tuple[str, str]:
 
 
 def _is_card(path: str) -> bool:
-    with open(path, "rb") as f:
-        data = f.read(64 * 2**20)
-    return data.startswith(PNG_SIGNATURE) and CARD_CHUNK in data
+    """Whether the pack's card reader reads an identity from the file (a photo whose compressed bytes happen to hold
+    the chunk's name is not one)."""
+    try:
+        read_card_file(path)
+    except IdentityCardError:
+        return False
+    return True
 
 
 def check_card_targets(paths, overwrite: bool) -> None:

@@ -233,6 +233,11 @@ def test_save_writes_a_card_that_load_identity_card_reads_as_the_file(env, comfy
     # the same card in the input folder: Load identity card lists it, ComfyUI-Distributed's media sync finds it
     assert (comfy_dirs / "input" / "carded.png").read_bytes() == (comfy_dirs / "output" / "carded.png").read_bytes()
     assert str(comfy_dirs / "input" / "carded.png") in result["ui"]["text"][1]
+    env.N["PulidFluxSaveIdentity"]().save(identity, "carded", True, True)  # a card is replaced with overwrite
+    # a photo whose compressed bytes happen to hold the card chunk's name is still a photo
+    (comfy_dirs / "input" / "lucky.png").write_bytes(b"\x89PNG\r\n\x1a\n compressed bytes holding puLi by chance")
+    with pytest.raises(FileExistsError, match="lucky.png in .*input is a picture that is not an identity card"):
+        env.N["PulidFluxSaveIdentity"]().save(identity, "lucky", True, True)
     node = env.N["PulidFluxLoadIdentityCard"]
     (files, options), = node.INPUT_TYPES()["required"].values()
     assert list(node.INPUT_TYPES()["required"]) == ["image"] and "carded.png" in files and options["image_upload"]
