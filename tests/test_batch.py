@@ -57,7 +57,7 @@ def test_jsonl_fields_per_job(tmp_path, face):
 def upload(url, path):
     async def go():
         async with comfy_api.ComfyAPI(url) as api:
-            return await api.upload_identity(path)
+            return (await api.upload_identity(path)).name
     return asyncio.run(go())
 
 

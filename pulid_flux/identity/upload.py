@@ -7,9 +7,9 @@ picture that is no card (a JPEG copy of one) is refused saying what it is.
 
 Whatever a client sends gets 200 or a 4xx with {"error": message}: 400 (not multipart, a field twice, a bad name,
 not a valid identity, a body cut short or malformed), 409 (the name exists, overwrite not set; the reply also gives
-both identities' fingerprints), 413 (over the
-limit, refused from Content-Length or a part's headers when they say so, else as soon as the limit is passed: the
-body is never read further than the limit). Only a server-side failure to write the file answers 5xx."""
+both identities' fingerprints), 413 (over the limit, refused from Content-Length or a part's headers when they say
+so, else as soon as the limit is passed: the body is never read further than the limit). Only a server-side failure
+to write the file answers 5xx."""
 from __future__ import annotations
 
 import errno

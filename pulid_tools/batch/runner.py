@@ -210,7 +210,7 @@ class BatchRunner:
                 if path not in server.image_names:
                     server.image_names[path] = await api.upload_image(path)
             if self.identity and server.identity_name is None:
-                uploaded = await api.upload_identity_file(self.identity, self.keep_name, self.overwrite)
+                uploaded = await api.upload_identity(self.identity, self.keep_name, self.overwrite)
                 server.identity_name, server.identity_fingerprint = uploaded.name, uploaded.fingerprint
         return server.image_names
 

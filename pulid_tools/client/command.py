@@ -148,7 +148,7 @@ async def queue_graph(args, graph: dict) -> list[str]:
         reporter = Reporter(graph, quiet=args.quiet)
         fill(graph, args, [await api.upload_image(p) for p in args.face])
         if args.identity:
-            uploaded = await api.upload_identity_file(args.identity, args.keep_name, args.overwrite)
+            uploaded = await api.upload_identity(args.identity, args.keep_name, args.overwrite)
             graphs.set_identity(graph, uploaded.name, uploaded.fingerprint)
         start = time.monotonic()
         entry = await run_prompt(api, graph, args.timeout, on_event=reporter.message, log=reporter.line,

@@ -205,13 +205,7 @@ class ComfyAPI:
             reply = {"error": answer[:200].decode("utf-8", "replace")}
         return status, reply if isinstance(reply, dict) else {}
 
-    async def upload_identity(self, path: str) -> str:
-        """Upload an identity file (or the one inside a card) under its content-addressed name; returns the name
-        for PulidFluxLoadIdentity's identity_file (upload_identity_file says more)."""
-        return (await self.upload_identity_file(path)).name
-
-    async def upload_identity_file(self, path: str, keep_name: bool = False,
-                                   overwrite: bool = False) -> UploadedIdentity:
+    async def upload_identity(self, path: str, keep_name: bool = False, overwrite: bool = False) -> UploadedIdentity:
         """Upload an identity file (or the one inside a card) through the pack's route. By default under a
         content-addressed name (identity_upload_name), so an existing file of that name holds the same bytes: it is
         then overwritten with them (a no-op that also repairs a damaged copy). With `keep_name`, under the file's
